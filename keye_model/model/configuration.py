@@ -40,7 +40,9 @@ class KeyeVisionConfig(PreTrainedConfig):
                 f"vision_config.num_attention_heads ({self.num_attention_heads})"
             )
         if (self.hidden_size // self.num_attention_heads) % 4:
-            raise ValueError("vision head_dim must be divisible by 4 for 2D RoPE (two axes, rotate-half)")
+            raise ValueError(
+                "vision head_dim must be divisible by 4 for 2D RoPE (two axes, rotate-half)"
+            )
         super().__post_init__(**kwargs)
 
 
@@ -79,7 +81,9 @@ class KeyeVLMoeConfig(PreTrainedConfig):
     def from_preset(cls, name: str, **overrides) -> KeyeVLMoeConfig:
         """Build a named preset: ``tiny`` (CPU, seconds) or ``keye-vl-671b-a37b`` (published shapes)."""
         if name not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+            raise ValueError(
+                f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}"
+            )
         config = MODEL_PRESETS[name]()
         for key, value in overrides.items():
             setattr(config, key, value)

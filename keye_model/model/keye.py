@@ -77,7 +77,9 @@ class KeyeVLMoeForConditionalGeneration(KeyeVLMoePreTrainedModel, GenerationMixi
             eps=config.projector_layer_norm_eps,
         )
         self.model = DeepseekV3Model(config.text_config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(
+            config.text_config.hidden_size, config.text_config.vocab_size, bias=False
+        )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -89,7 +91,9 @@ class KeyeVLMoeForConditionalGeneration(KeyeVLMoePreTrainedModel, GenerationMixi
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def get_visual_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    def get_visual_features(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> torch.Tensor:
         """ViT + projector: patches -> one LM embedding per 2x2 patch group, in prompt order."""
         return self.mlp_AR(self.visual(pixel_values, grid_thw), grid_thw)
 
@@ -132,7 +136,9 @@ class KeyeVLMoeForConditionalGeneration(KeyeVLMoePreTrainedModel, GenerationMixi
                 if image_grid_thw is None:
                     raise ValueError("pixel_values given without image_grid_thw")
                 features = self.get_visual_features(pixel_values, image_grid_thw)
-                inputs_embeds = self._splice(inputs_embeds, input_ids, (self.config.image_token_id,), features, "image")
+                inputs_embeds = self._splice(
+                    inputs_embeds, input_ids, (self.config.image_token_id,), features, "image"
+                )
             if pixel_values_videos is not None:
                 if video_grid_thw is None:
                     raise ValueError("pixel_values_videos given without video_grid_thw")
@@ -159,5 +165,7 @@ class KeyeVLMoeForConditionalGeneration(KeyeVLMoePreTrainedModel, GenerationMixi
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
+            )
         return KeyeVLMoeOutput(loss=loss, logits=logits, past_key_values=outputs.past_key_values)

@@ -71,7 +71,9 @@ def count_parameters(config: KeyeVLMoeConfig) -> ParameterCount:
     inactive += model.model.embed_tokens.weight.numel()
     moe_layers = text_cfg.num_hidden_layers - text_cfg.first_k_dense_replace
     last = text_cfg.num_hidden_layers - 1
-    moe_layer_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith(f"model.layers.{last}."))
+    moe_layer_params = sum(
+        p.numel() for n, p in model.named_parameters() if n.startswith(f"model.layers.{last}.")
+    )
     mtp = _mtp_layer_params(config, moe_layer_params) * text_cfg.num_mtp_layers if moe_layers else 0
     return ParameterCount(
         total=total,

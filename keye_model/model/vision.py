@@ -32,7 +32,9 @@ def rope_position_ids(grid_thw_G3: torch.Tensor) -> torch.Tensor:
     for t, h, w in grid_thw_G3.tolist():
         hid = torch.arange(h).view(h, 1).expand(h, w)
         wid = torch.arange(w).view(1, w).expand(h, w)
-        ids.append(torch.stack([hid, wid], dim=-1).reshape(1, h * w, 2).expand(t, -1, -1).reshape(-1, 2))
+        ids.append(
+            torch.stack([hid, wid], dim=-1).reshape(1, h * w, 2).expand(t, -1, -1).reshape(-1, 2)
+        )
     return torch.cat(ids, dim=0)
 
 
@@ -65,20 +67,36 @@ def sequence_lengths(grid_thw_G3: torch.Tensor) -> torch.Tensor:
 
 
 def varlen_attention(
-    q_NHK: torch.Tensor, k_NHK: torch.Tensor, v_NHK: torch.Tensor, seq_lens_S: torch.Tensor, scale: float
+    q_NHK: torch.Tensor,
+    k_NHK: torch.Tensor,
+    v_NHK: torch.Tensor,
+    seq_lens_S: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
     """Bidirectional attention within each sequence and never across (flash-attn varlen or SDPA)."""
-    if flash_attn_varlen_func is not None and q_NHK.is_cuda and q_NHK.dtype in (torch.float16, torch.bfloat16):
+    if (
+        flash_attn_varlen_func is not None
+        and q_NHK.is_cuda
+        and q_NHK.dtype in (torch.float16, torch.bfloat16)
+    ):
         cu = F.pad(seq_lens_S.cumsum(0), (1, 0)).to(device=q_NHK.device, dtype=torch.int32)
         max_len = int(seq_lens_S.max())
-        return flash_attn_varlen_func(q_NHK, k_NHK, v_NHK, cu, cu, max_len, max_len, softmax_scale=scale)
+        return flash_attn_varlen_func(
+            q_NHK, k_NHK, v_NHK, cu, cu, max_len, max_len, softmax_scale=scale
+        )
     if len(seq_lens_S) == 1:
         mask = None
     else:
-        seq_id = torch.repeat_interleave(torch.arange(len(seq_lens_S), device=q_NHK.device), seq_lens_S.to(q_NHK.device))
+        seq_id = torch.repeat_interleave(
+            torch.arange(len(seq_lens_S), device=q_NHK.device), seq_lens_S.to(q_NHK.device)
+        )
         mask = (seq_id[:, None] == seq_id[None, :])[None, None]  # (1, 1, N, N) block-diagonal
     out = F.scaled_dot_product_attention(
-        q_NHK.transpose(0, 1)[None], k_NHK.transpose(0, 1)[None], v_NHK.transpose(0, 1)[None], attn_mask=mask, scale=scale
+        q_NHK.transpose(0, 1)[None],
+        k_NHK.transpose(0, 1)[None],
+        v_NHK.transpose(0, 1)[None],
+        attn_mask=mask,
+        scale=scale,
     )
     return out[0].transpose(0, 1)
 
@@ -90,7 +108,10 @@ class KeyeVisionEmbeddings(nn.Module):
         super().__init__()
         self.config = config
         self.patch_embedding = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
         )
         self.side = config.image_size // config.patch_size
         self.position_embedding = nn.Embedding(self.side * self.side, config.hidden_size)
@@ -129,7 +150,12 @@ class KeyeVisionAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x_ND: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], seq_lens_S: torch.Tensor):
+    def forward(
+        self,
+        x_ND: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        seq_lens_S: torch.Tensor,
+    ):
         n = x_ND.shape[0]
         q = self.q_proj(x_ND).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x_ND).view(n, self.num_heads, self.head_dim)
@@ -168,13 +194,17 @@ class KeyeVisionEncoderLayer(nn.Module):
 class KeyeVisionEncoder(nn.Module):
     def __init__(self, config: KeyeVisionConfig):
         super().__init__()
-        self.layers = nn.ModuleList(KeyeVisionEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            KeyeVisionEncoderLayer(config) for _ in range(config.num_hidden_layers)
+        )
         self.gradient_checkpointing = False
 
     def forward(self, x_ND, cos_sin, seq_lens_S):
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                x_ND = torch.utils.checkpoint.checkpoint(layer, x_ND, cos_sin, seq_lens_S, use_reentrant=False)
+                x_ND = torch.utils.checkpoint.checkpoint(
+                    layer, x_ND, cos_sin, seq_lens_S, use_reentrant=False
+                )
             else:
                 x_ND = layer(x_ND, cos_sin, seq_lens_S)
         return x_ND
@@ -201,7 +231,9 @@ class KeyeVisionTransformer(nn.Module):
             )
         x_ND = self.embeddings(pixel_values, grid_thw)
         head_dim = self.config.hidden_size // self.config.num_attention_heads
-        cos, sin = rope_cos_sin(rope_position_ids(grid_thw), head_dim, self.config.rope_theta, x_ND.dtype)
+        cos, sin = rope_cos_sin(
+            rope_position_ids(grid_thw), head_dim, self.config.rope_theta, x_ND.dtype
+        )
         cos_sin = (cos.to(x_ND.device), sin.to(x_ND.device))
         x_ND = self.encoder(x_ND, cos_sin, sequence_lengths(grid_thw))
         return self.post_layernorm(x_ND)
