@@ -34,7 +34,9 @@ class Commands:
 
 def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     """The flags every recipe-driven command takes: a preset plus overrides."""
-    parser.add_argument("--preset", default="tiny", help="Recipe preset: tiny | keye-vl-671b-a37b (default: tiny).")
+    parser.add_argument(
+        "--preset", default="tiny", help="Recipe preset: tiny | keye-vl-671b-a37b (default: tiny)."
+    )
     parser.add_argument("--config", help="YAML/JSON file of recipe field overrides.")
     parser.add_argument(
         "--set",
@@ -44,7 +46,10 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
         metavar="FIELD=VALUE",
         help="Override one recipe field, e.g. --set curate.shard_size=500 (repeatable).",
     )
-    parser.add_argument("--recipe-json", help="A whole recipe as JSON (what the pipeline passes); wins over --preset.")
+    parser.add_argument(
+        "--recipe-json",
+        help="A whole recipe as JSON (what the pipeline passes); wins over --preset.",
+    )
 
 
 def recipe_from_args(args: argparse.Namespace):

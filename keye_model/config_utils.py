@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING):
+def field(
+    default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING
+):
     """A dataclass field with help text (shown by ``keye recipe show --help-fields``)."""
     kwargs: dict[str, Any] = {"metadata": {"help": help}}
     if default is not dataclasses.MISSING:
@@ -48,7 +50,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return apply_overrides(annotation(), value, prefix=f"{where}.")
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                json.loads(value)
+                if value.strip().startswith("[")
+                else [v for v in value.split(",") if v]
+            )
         item_type = args[0] if args else Any
         items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

@@ -55,7 +55,9 @@ def s3_client():
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
+    )
 
 
 def exists(uri: str) -> bool:

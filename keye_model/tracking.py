@@ -113,16 +113,22 @@ def stage_run(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    mlflow.set_experiment(
+        experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    )
     parent = parent_run_id or os.environ.get("KEYE_PARENT_RUN_ID") or None
     tags = {
         "stage": stage,
         "pod": os.environ.get("HOSTNAME", socket.gethostname()),
-        "pipeline_run_id": os.environ.get("KFP_RUN_ID", os.environ.get("KEYE_PIPELINE_RUN_ID", "local")),
+        "pipeline_run_id": os.environ.get(
+            "KFP_RUN_ID", os.environ.get("KEYE_PIPELINE_RUN_ID", "local")
+        ),
     }
     if parent:
         tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=run_name or stage, tags=tags, nested=mlflow.active_run() is not None) as run:
+    with mlflow.start_run(
+        run_name=run_name or stage, tags=tags, nested=mlflow.active_run() is not None
+    ) as run:
         tracker = StageTracker(run, stage)
         if config is not None:
             tracker.log_params(flatten(config))
@@ -130,7 +136,9 @@ def stage_run(
 
 
 @contextlib.contextmanager
-def pipeline_run(name: str, recipe: Any = None, experiment: str | None = None) -> Iterator[StageTracker]:
+def pipeline_run(
+    name: str, recipe: Any = None, experiment: str | None = None
+) -> Iterator[StageTracker]:
     """Open the parent run of one pipeline run; stages started inside nest under it."""
     with stage_run("pipeline", recipe, run_name=name, experiment=experiment) as tracker:
         previous = os.environ.get("KEYE_PARENT_RUN_ID")
