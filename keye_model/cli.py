@@ -21,6 +21,7 @@ from dataclasses import dataclass
 # Modules that add sub-commands. Each defines ``register(commands: Commands) -> None``.
 COMMAND_MODULES = [
     "keye_model.recipe_cli",
+    "keye_model.model.cli",
 ]
 
 
