@@ -22,6 +22,8 @@ from dataclasses import dataclass
 COMMAND_MODULES = [
     "keye_model.recipe_cli",
     "keye_model.model.cli",
+    "keye_model.serve.cli",
+    "keye_model.data.cli",
 ]
 
 
