@@ -13,8 +13,48 @@ class EvalConfig:
 
     benchmarks: list[str] = field(
         default_factory=lambda: ["mmbench_en", "mathvista"],
-        help="Benchmarks to run, by name.",
+        help=(
+            "Benchmarks to run: mmbench_en, mmbench_cn, mmmu, mmstar, realworldqa, mathvista, "
+            "visulogic, olympiadbench, mmvu, longvideobench, videomme."
+        ),
     )
-    thinking: str = field("no_think", help="Thinking mode suffix: think | no_think | auto.")
-    max_new_tokens: int = field(64, help="Generation budget per question.")
-    seed: int = field(0, help="Seed of any random fallback (MMMU parser); recorded in the report.")
+    thinking: str = field(
+        "no_think",
+        help="Thinking-mode suffix on every question: think (/think) | no_think (/no_think) | auto (none).",
+    )
+    max_new_tokens: int = field(
+        64, help="Generation budget per question (the 671B reports use long budgets)."
+    )
+    seed: int = field(
+        0, help="Seed of any random fallback (MMMU parser, judge failures); recorded in the report."
+    )
+    limit: int = field(
+        0, help="Questions per benchmark (0 = all); MMBench keeps whole circular groups."
+    )
+    batch_size: int = field(
+        8, help="In-process backend: requests per generate call (equal prompt lengths only)."
+    )
+    concurrency: int = field(8, help="HTTP backend: requests in flight at once.")
+    timeout_s: float = field(600.0, help="HTTP backend: seconds before one request times out.")
+    retries: int = field(
+        4, help="HTTP backend: retries per request (exponential backoff with jitter)."
+    )
+    backoff_base_s: float = field(0.5, help="HTTP backend: first backoff delay; doubles per retry.")
+    served_model: str = field(
+        "", help="HTTP backend: model name to request (default: first of /v1/models)."
+    )
+    judge_endpoint: str = field(
+        "",
+        help="OpenAI-compatible endpoint of an optional LLM judge (VLMEvalKit/MathVista/MMVU fallbacks).",
+    )
+    judge_model: str = field("", help="Model name at the judge endpoint (default: first listed).")
+    synthetic_size: int = field(
+        24, help="Questions per held-out synthetic benchmark when no --data is given."
+    )
+    synthetic_seed: int = field(
+        900_001,
+        help="Seed of the held-out synthetic sets; differs from every curation seed so they are never trained on.",
+    )
+    compare_runs: int = field(
+        5, help="Earlier evaluate runs (MLflow) drawn in the comparison plot."
+    )

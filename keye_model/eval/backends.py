@@ -1,0 +1,286 @@
+"""Where predictions come from: a model in process or an OpenAI-compatible server; and their cache.
+
+- ``InProcessBackend``: a local model directory, batched greedy generation (``LocalGenerator``).
+- ``OpenAIBackend``: ``POST {endpoint}/v1/chat/completions`` (SGLang, ``keye serve local``, any
+  OpenAI-compatible server) with asyncio + httpx, bounded concurrency, per-request timeouts and
+  retries with exponential backoff; temperature 0.
+- ``PredictionCache``: JSONL keyed by (benchmark, index, prompt hash); every answer is appended
+  and flushed as it arrives, so a killed evaluation resumes without asking again.
+
+Both backends expose ``run(requests, on_result)``: ``on_result(request, text)`` is called as each
+answer arrives (the stage appends it to the cache there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from keye_model.log import get_logger
+
+log = get_logger("evaluate")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question to ask: benchmark, item id, prompt hash, OpenAI messages, token budget."""
+
+    benchmark: str
+    index: str
+    prompt_hash: str
+    messages: list
+    max_new_tokens: int
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.benchmark, self.index, self.prompt_hash)
+
+
+OnResult = Callable[[Request, str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+
+
+class PredictionCache:
+    """Append-only JSONL of answers keyed by (benchmark, index, prompt hash)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.entries: dict[tuple[str, str, str], str] = {}
+        self.dropped_lines = 0
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.entries[(rec["benchmark"], str(rec["index"]), rec["prompt_hash"])] = rec[
+                        "response"
+                    ]
+                except (json.JSONDecodeError, KeyError):
+                    # A process killed mid-write leaves at most one partial line; that answer is asked again.
+                    self.dropped_lines += 1
+
+    def get(self, request: Request) -> str | None:
+        """The cached answer of ``request`` or None."""
+        return self.entries.get(request.key)
+
+    def __contains__(self, request: Request) -> bool:
+        return request.key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, request: Request, response: str) -> None:
+        """Record an answer durably (flushed and fsynced before returning)."""
+        self.entries[request.key] = response
+        line = json.dumps(
+            {
+                "benchmark": request.benchmark,
+                "index": request.index,
+                "prompt_hash": request.prompt_hash,
+                "response": response,
+            },
+            ensure_ascii=False,
+        )
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------
+# in-process
+
+
+class InProcessBackend:
+    """A local model directory; requests are generated in batches of ``batch_size``."""
+
+    name = "in-process"
+
+    def __init__(
+        self, model_dir: str | Path, batch_size: int = 8, media_cache: str | Path | None = None
+    ):
+        from keye_model.eval.generation import LocalGenerator
+
+        self.generator = LocalGenerator(model_dir, media_cache=media_cache)
+        self.batch_size = batch_size
+
+    def run(self, requests: Sequence[Request], on_result: OnResult) -> None:
+        """Answer ``requests`` in chunks, reporting each chunk's answers as soon as it finishes."""
+        from keye_model.log import progress
+
+        chunks = [
+            requests[i : i + self.batch_size] for i in range(0, len(requests), self.batch_size)
+        ]
+        for chunk in progress(chunks, desc="generate", total=len(chunks)):
+            budget = max(r.max_new_tokens for r in chunk)
+            gens = self.generator.generate_many(
+                [r.messages for r in chunk], budget, self.batch_size
+            )
+            for request, gen in zip(chunk, gens):
+                on_result(request, gen.text)
+
+    def complete(self, prompt: str, max_new_tokens: int = 64) -> str:
+        """One text-only completion (for use as a judge)."""
+        messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+        return self.generator.generate_many([messages], max_new_tokens)[0].text
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI-compatible HTTP
+
+
+class RequestFailed(RuntimeError):
+    """A request that still failed after every retry."""
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
+    return rng.uniform(0, min(cap, base * (2**attempt)))
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat endpoint, queried concurrently with retries and timeouts."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        endpoint: str,
+        model: str | None = None,
+        concurrency: int = 8,
+        timeout_s: float = 600.0,
+        retries: int = 4,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        api_key: str | None = None,
+    ):
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.endpoint = endpoint.rstrip("/").removesuffix("/v1")
+        self.model = model
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.api_key = (
+            api_key or os.environ.get("KEYE_EVAL_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        )
+        self.calls = 0  # HTTP attempts made (retries included)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def resolve_model(self) -> str:
+        """The served model name: the configured one or the first of ``/v1/models``."""
+        if self.model:
+            return self.model
+        import httpx
+
+        resp = httpx.get(
+            f"{self.endpoint}/v1/models", headers=self._headers(), timeout=self.timeout_s
+        )
+        resp.raise_for_status()
+        data = resp.json().get("data") or []
+        if not data:
+            raise ValueError(f"{self.endpoint}/v1/models lists no model; pass a model name")
+        self.model = str(data[0]["id"])
+        return self.model
+
+    def _payload(self, messages: list, max_new_tokens: int) -> dict:
+        return {
+            "model": self.resolve_model(),
+            "messages": messages,
+            "temperature": 0,
+            "max_tokens": max_new_tokens,
+            "stream": False,
+        }
+
+    async def _post(self, client, payload: dict, rng: random.Random) -> str:
+        import httpx
+
+        last_error = ""
+        for attempt in range(self.retries + 1):
+            self.calls += 1
+            try:
+                resp = await client.post(
+                    f"{self.endpoint}/v1/chat/completions", json=payload, headers=self._headers()
+                )
+                if resp.status_code == 200:
+                    return resp.json()["choices"][0]["message"].get("content") or ""
+                last_error = f"HTTP {resp.status_code}: {resp.text[:300]}"
+                if resp.status_code < 500 and resp.status_code != 429:
+                    break  # a client error will not heal by retrying
+            except (httpx.TransportError, httpx.TimeoutException) as err:
+                last_error = f"{type(err).__name__}: {err}"
+            if attempt < self.retries:
+                await asyncio.sleep(
+                    backoff_delay(attempt, self.backoff_base_s, self.backoff_cap_s, rng)
+                )
+        raise RequestFailed(
+            f"{self.endpoint}: request failed after {self.retries + 1} attempt(s): {last_error}"
+        )
+
+    async def _run(self, requests: Sequence[Request], on_result: OnResult) -> None:
+        import httpx
+
+        semaphore = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        rng = random.Random(0)
+        self.resolve_model()
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+
+            async def one(request: Request) -> None:
+                async with semaphore:
+                    text = await self._post(
+                        client, self._payload(request.messages, request.max_new_tokens), rng
+                    )
+                on_result(request, text)
+
+            tasks = [asyncio.create_task(one(r)) for r in requests]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+    def run(self, requests: Sequence[Request], on_result: OnResult) -> None:
+        """Answer ``requests`` with at most ``concurrency`` in flight; each reported on arrival."""
+        if requests:
+            asyncio.run(self._run(requests, on_result))
+
+    def complete(self, prompt: str, max_new_tokens: int = 256) -> str:
+        """One text-only completion (the LLM judge goes through this same client)."""
+        out: list[str] = []
+        req = Request("judge", "0", "", [{"role": "user", "content": prompt}], max_new_tokens)
+        self.run([req], lambda _r, text: out.append(text))
+        return out[0]
+
+
+def wait_healthy(endpoint: str, timeout_s: float = 60.0) -> None:
+    """Poll ``{endpoint}/health`` until it answers 200 (server start-up)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{endpoint.rstrip('/')}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError as err:
+            last = str(err)
+        time.sleep(0.2)
+    raise TimeoutError(f"{endpoint}/health not ready after {timeout_s:.0f} s ({last})")

@@ -1,0 +1,467 @@
+"""The ten benchmarks: where their released files live, what a record must hold, the official prompt.
+
+A data root (local directory or ``s3://`` prefix) holds one folder per benchmark with the files
+as released, media paths relative to that folder::
+
+    DATA/mmbench_en/MMBench_DEV_EN.tsv          VLMEvalKit TSV, base64 images
+    DATA/mmmu/validation.parquet|.jsonl|.json   MMMU HF records (image_1..image_7)
+    DATA/mathvista/testmini.json + images/      MathVista annotations (dict pid -> record)
+    DATA/olympiadbench/*.json                   OlympiadBench splits (images inline or paths)
+    DATA/visulogic/data.jsonl + images/         VisuLogic records
+    DATA/videomme/*.parquet|*.json + videos/    Video-MME records, videos/<videoID>.mp4
+    DATA/mmvu/validation.json + videos/         MMVU records (video URL -> videos/<subject>/<n>.mp4)
+    DATA/longvideobench/lvb_val.json + videos/  LongVideoBench records (video_path)
+
+Each benchmark turns a record into one OpenAI chat request: the official prompt text with the
+thinking suffix (``/think``, ``/no_think``, or none) and its images/videos as ``image_url`` /
+``video_url`` parts (base64 data URLs, so a remote server needs no shared filesystem).
+Prompt wording follows each benchmark's official template; where the official one is not
+public or depends on a GPT judge we note it as *inferred*.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import mimetypes
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keye_model.eval.extract import parse_gold_list
+from keye_model.eval.scoring import OPTION_LETTERS, mcq_options
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One question as the model sees it: text plus media (bytes for images, paths for videos)."""
+
+    text: str
+    images: tuple[bytes, ...] = ()
+    videos: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark's file patterns, required record fields, id field and prompt builder."""
+
+    name: str
+    patterns: tuple[str, ...]
+    required: tuple[str, ...]
+    key: str
+    build: Callable[[Record, Path], Prompt]
+    published: float | None = None  # Keye-VL-671B-A37B score (REFERENCE §2), percent
+
+
+# ---------------------------------------------------------------------------------------------
+# media helpers
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def image_bytes(value: Any, root: Path, where: str) -> bytes:
+    """Bytes of an image field: HF ``{"bytes", "path"}`` dict, base64 string, or relative path."""
+    if isinstance(value, Mapping):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: empty image field")
+    candidate = root / value
+    if len(value) < 512 and candidate.is_file():
+        return candidate.read_bytes()
+    try:
+        return _b64decode(value)
+    except ValueError as err:
+        raise ValueError(f"{where}: image is neither a file under {root} nor base64") from err
+
+
+def video_path(root: Path, candidates: list[str], where: str) -> Path:
+    """The first existing local video among candidate relative paths (nothing is downloaded)."""
+    for rel in candidates:
+        if rel and (root / rel).is_file():
+            return root / rel
+    raise FileNotFoundError(
+        f"{where}: video not found under {root} (looked for {candidates}); place released videos there"
+    )
+
+
+def data_url(data: bytes, mime: str) -> str:
+    """A ``data:`` URL carrying ``data`` base64-encoded."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def sniff_image_mime(data: bytes) -> str:
+    """MIME type of image bytes from their magic number (PNG, JPEG, GIF, WebP; default JPEG)."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data[:3] == b"GIF":
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/jpeg"
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt builders
+
+
+def _vlmeval_mcq(item: Record, root: Path) -> Prompt:
+    """VLMEvalKit ImageMCQ prompt: Hint, Question, Options, the selection instruction."""
+    text = ""
+    hint = item.get("hint")
+    if hint is not None and str(hint).strip() and str(hint).lower() != "nan":
+        text += f"Hint: {hint}\n"
+    text += f"Question: {item['question']}\n"
+    options = mcq_options(item)
+    if options:
+        text += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in options.items())
+        text += "Please select the correct answer from the options above. \n"
+    return Prompt(text, (image_bytes(item["image"], root, f"index {item.get('index')}"),))
+
+
+def _numbered_images(item: Record, root: Path, prefix: str, count: int) -> tuple[bytes, ...]:
+    out = []
+    for k in range(1, count + 1):
+        value = item.get(f"{prefix}{k}")
+        if value is not None and value != "" and value != {}:
+            out.append(image_bytes(value, root, f"{item.get('id')} {prefix}{k}"))
+    return tuple(out)
+
+
+def _mmmu(item: Record, root: Path) -> Prompt:
+    """MMMU official: question, ``(A) option`` lines, letter instruction; open: short phrase."""
+    images = _numbered_images(item, root, "image_", 7)
+    if item.get("question_type", "multiple-choice") == "multiple-choice":
+        options = parse_gold_list(item.get("options") or [])
+        lines = "".join(f"({OPTION_LETTERS[i]}) {opt}\n" for i, opt in enumerate(options))
+        text = f"{item['question']}\n\n{lines}\nAnswer with the option's letter from the given choices directly."
+    else:
+        text = f"{item['question']}\n\nAnswer the question using a single word or phrase."
+    return Prompt(text, images)
+
+
+def _mathvista(item: Record, root: Path) -> Prompt:
+    """MathVista: the released ``query`` field is the official prompt (hint + question + choices)."""
+    text = item.get("query")
+    if not text:
+        # Built like the released queries when a record lacks one (*inferred* wording).
+        choices = item.get("choices") or []
+        if item.get("question_type") == "multi_choice":
+            hint = "Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
+        elif item.get("answer_type") == "integer":
+            hint = "Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, at the end."
+        elif item.get("answer_type") == "float":
+            digits = int(item.get("precision") or 1)
+            hint = (
+                f"Please answer the question requiring a floating-point number with {digits} decimal "
+                "place(s) and provide the final value at the end."
+            )
+        else:
+            hint = "Please answer the question and provide the final answer at the end."
+        text = f"Hint: {hint}\nQuestion: {item['question']}"
+        if choices:
+            text += "\nChoices:\n" + "\n".join(
+                f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(choices)
+            )
+    image = item.get("decoded_image") or item.get("image")
+    return Prompt(text, (image_bytes(image, root, f"pid {item.get('pid')}"),))
+
+
+def _olympiadbench(item: Record, root: Path) -> Prompt:
+    """OlympiadBench official English prompt structure (paraphrased): boxed final answer."""
+    subject = str(item.get("subject", "Math")).lower()
+    subject = "mathematics" if subject.startswith("math") else subject
+    multiple = str(item.get("is_multiple_answer", False)).lower() in ("true", "1")
+    if multiple:
+        answer_rule = (
+            "The problem has multiple answers. Please end your solution with "
+            '"So the final answer is \\boxed{answers separated by commas}." '
+        )
+    else:
+        answer_rule = 'Please end your solution with "So the final answer is \\boxed{answer}." '
+    text = (
+        f"The following is an open-ended problem from an International {subject} competition. "
+        "Please calculate the answer according to the given requirements and the information "
+        "provided. Please use LaTeX format to represent the variables and formulas used in the "
+        f"solution process and results. {answer_rule}and give the result explicitly.\n\n"
+    )
+    if item.get("context"):
+        text += f"{item['context']}\n"
+    text += str(item["question"])
+    return Prompt(text, _numbered_images(item, root, "image_", 5))
+
+
+def _videomme(item: Record, root: Path) -> Prompt:
+    """Video-MME official prompt: best-answer instruction, question, options, 'The best answer is:'."""
+    options = item["options"]
+    if isinstance(options, str):
+        options = parse_gold_list(options)
+    text = (
+        "Select the best answer to the following multiple-choice question based on the video. "
+        "Respond with only the letter (A, B, C, or D) of the correct option.\n"
+        f"{item['question']}\n" + "\n".join(str(o) for o in options) + "\nThe best answer is:"
+    )
+    vid = str(item.get("videoID") or item.get("video_id"))
+    path = video_path(
+        root,
+        [f"videos/{vid}.mp4", f"data/{vid}.mp4", f"{vid}.mp4"],
+        f"question {item.get('question_id')}",
+    )
+    return Prompt(text, (), (path,))
+
+
+def _mmvu(item: Record, root: Path) -> Prompt:
+    """MMVU official chain-of-thought prompt (multiple-choice or open-ended)."""
+    if item.get("question_type") == "multiple-choice":
+        options = "\n".join(f"{k}: {v}" for k, v in (item.get("choices") or {}).items() if v)
+        text = (
+            f"Question: {item['question']}\n{options}\n\n"
+            "Answer the given multiple-choice question step by step. Begin by explaining your "
+            "reasoning process clearly. Conclude by stating the final answer using the following "
+            "format: 'Therefore, the final answer is: $LETTER' (without quotes), where $LETTER is "
+            "one of the options. Think step by step before answering."
+        )
+    else:
+        text = (
+            f"Question: {item['question']}\n\n"
+            "Answer the given question step by step. Begin by explaining your reasoning process "
+            "clearly. Conclude by stating the final answer using the following format: "
+            "'Therefore, the final answer is: 'Answer: $ANSWER' (without quotes), where $ANSWER "
+            "is the final answer of the question. Think step by step before answering."
+        )
+    video = str(item.get("video", ""))
+    rel = video.split("/resolve/main/", 1)[-1] if "/resolve/main/" in video else video
+    path = video_path(root, [rel, f"videos/{Path(rel).name}"], f"id {item.get('id')}")
+    return Prompt(text, (), (path,))
+
+
+def _longvideobench(item: Record, root: Path) -> Prompt:
+    """LongVideoBench prompt: question, ``A. candidate`` lines, answer-letter instruction."""
+    options = "".join(f"{OPTION_LETTERS[i]}. {c}\n" for i, c in enumerate(item["candidates"]))
+    text = f"{item['question']}\n{options}Answer with the option's letter from the given choices directly.\n"
+    rel = str(item.get("video_path", ""))
+    path = video_path(
+        root, [rel, f"videos/{rel}", f"videos/{item.get('video_id')}.mp4"], f"id {item.get('id')}"
+    )
+    return Prompt(text, (), (path,))
+
+
+def _visulogic(item: Record, root: Path) -> Prompt:
+    """VisuLogic: the question (options inside) plus the step-by-step boxed-letter instruction."""
+    text = (
+        f"{item['question']}\nSolve the complex visual logical reasoning problem through "
+        "step-by-step reasoning. Think about the reasoning process first and answer the question "
+        "following this format: Answer: \\boxed{$LETTER}"
+    )
+    return Prompt(text, (image_bytes(item["image_path"], root, f"id {item.get('id')}"),))
+
+
+_MCQ_FIELDS = ("index", "question", "answer", "image", "A", "B")
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in [
+        Benchmark(
+            "mmbench_en", ("*.tsv",), _MCQ_FIELDS + ("category",), "index", _vlmeval_mcq, 95.74
+        ),
+        Benchmark(
+            "mmbench_cn", ("*.tsv",), _MCQ_FIELDS + ("category",), "index", _vlmeval_mcq, 94.27
+        ),
+        Benchmark(
+            "mmmu",
+            ("*.parquet", "*.jsonl", "*.json"),
+            ("id", "question", "answer"),
+            "id",
+            _mmmu,
+            83.78,
+        ),
+        Benchmark("mmstar", ("*.tsv",), _MCQ_FIELDS, "index", _vlmeval_mcq, 86.67),
+        Benchmark("realworldqa", ("*.tsv",), _MCQ_FIELDS, "index", _vlmeval_mcq, 86.54),
+        Benchmark(
+            "mathvista",
+            ("*.json", "*.jsonl", "*.parquet"),
+            ("pid", "question", "answer", "question_type", "answer_type"),
+            "pid",
+            _mathvista,
+            86.2,
+        ),
+        Benchmark(
+            "visulogic",
+            ("*.jsonl", "*.json"),
+            ("id", "question", "label", "image_path"),
+            "id",
+            _visulogic,
+            35.4,
+        ),
+        Benchmark(
+            "olympiadbench",
+            ("*.json", "*.jsonl", "*.parquet"),
+            ("id", "question", "final_answer"),
+            "id",
+            _olympiadbench,
+            74.92,
+        ),
+        Benchmark(
+            "mmvu",
+            ("*.json", "*.jsonl"),
+            ("id", "question", "answer", "question_type", "video"),
+            "id",
+            _mmvu,
+            86.6,
+        ),
+        Benchmark(
+            "longvideobench",
+            ("*.json", "*.jsonl", "*.parquet"),
+            ("id", "question", "candidates", "correct_choice"),
+            "id",
+            _longvideobench,
+            79.0,
+        ),
+        Benchmark(
+            "videomme",
+            ("*.parquet", "*.json", "*.jsonl"),
+            ("question_id", "question", "options", "answer", "videoID"),
+            "question_id",
+            _videomme,
+            79.0,
+        ),
+    ]
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The benchmark called ``name`` (clear error naming the known ones)."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# loading released files
+
+
+def _read_tsv(path: Path) -> list[Record]:
+    csv.field_size_limit(sys.maxsize)
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = [dict(r) for r in csv.DictReader(f, delimiter="\t")]
+    # VLMEvalKit stores an image once; other rows may hold the index of the row that has it.
+    by_index = {str(r.get("index")): r.get("image") for r in rows}
+    for row in rows:
+        image = row.get("image") or ""
+        if (
+            image
+            and len(image) <= 64
+            and image in by_index
+            and by_index[image]
+            and len(by_index[image]) > 64
+        ):
+            row["image"] = by_index[image]
+    return rows
+
+
+def _read_records(path: Path) -> list[Record]:
+    if path.suffix == ".tsv":
+        return _read_tsv(path)
+    if path.suffix == ".jsonl":
+        return [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, Mapping):  # MathVista: {pid: record}
+        return [{"pid": str(k), **v} if "pid" not in v else dict(v) for k, v in data.items()]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list or object of records")
+    return data
+
+
+def find_files(root: Path, bench: Benchmark) -> list[Path]:
+    """Released record files of ``bench`` under its folder (first matching pattern wins)."""
+    folder = root / bench.name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"benchmark folder not found: {folder} (expected {bench.patterns})")
+    for pattern in bench.patterns:
+        files = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if files:
+            return files
+    raise FileNotFoundError(f"{folder}: no file matching {bench.patterns}")
+
+
+def validate(records: list[Record], bench: Benchmark, where: str) -> None:
+    """Reject records lacking a required field or with duplicate ids, naming file and item."""
+    seen: set[str] = set()
+    for i, rec in enumerate(records):
+        missing = [f for f in bench.required if f not in rec or rec[f] is None]
+        if missing:
+            raise ValueError(
+                f"{where}: record {i} ({bench.key}={rec.get(bench.key)!r}) lacks field(s) {missing}"
+            )
+        key = str(rec[bench.key])
+        if key in seen:
+            raise ValueError(f"{where}: duplicate {bench.key} {key!r}")
+        seen.add(key)
+
+
+def load_benchmark(
+    root: str | Path, name: str, limit: int | None = None
+) -> tuple[list[Record], Path]:
+    """Records of benchmark ``name`` under a local data root, validated; and the media folder."""
+    bench = get_benchmark(name)
+    root = Path(root)
+    records: list[Record] = []
+    files = find_files(root, bench)
+    for path in files:
+        records.extend(_read_records(path))
+    validate(records, bench, ", ".join(str(p) for p in files))
+    if limit is not None:
+        records = _limit(records, bench, limit)
+    return records, root / name
+
+
+def _limit(records: list[Record], bench: Benchmark, limit: int) -> list[Record]:
+    if bench.name.startswith("mmbench"):
+        # Keep whole circular groups: the first ``limit`` questions with all their rotations.
+        groups = sorted({int(float(r["index"])) % 1_000_000 for r in records})[:limit]
+        keep = set(groups)
+        return [r for r in records if int(float(r["index"])) % 1_000_000 in keep]
+    return records[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# requests
+
+
+def to_messages(prompt: Prompt, suffix: str) -> list[dict]:
+    """OpenAI chat messages: media parts first, then the text with the thinking suffix."""
+    parts: list[dict] = []
+    for data in prompt.images:
+        parts.append(
+            {"type": "image_url", "image_url": {"url": data_url(data, sniff_image_mime(data))}}
+        )
+    for path in prompt.videos:
+        mime = mimetypes.guess_type(path.name)[0] or "video/mp4"
+        parts.append({"type": "video_url", "video_url": {"url": data_url(path.read_bytes(), mime)}})
+    parts.append({"type": "text", "text": prompt.text + suffix})
+    return [{"role": "user", "content": parts}]
+
+
+def prompt_hash(messages: list[dict], max_new_tokens: int) -> str:
+    """Stable hash of a request (prompt, media and budget): the prediction cache key."""
+    blob = json.dumps({"messages": messages, "max_new_tokens": max_new_tokens}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
