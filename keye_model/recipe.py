@@ -46,7 +46,12 @@ class Recipe:
 
 def tiny() -> Recipe:
     """Trains end to end on 2 CPU cores in minutes; every stage does its real job at toy scale."""
-    return Recipe(name="tiny", model="tiny")
+    return Recipe(
+        name="tiny",
+        model="tiny",
+        # A few hundred small synthetic samples: the whole curate stage runs in seconds on 1 core.
+        curate=dataclasses.replace(CurateConfig(), num_synthetic=300, shard_size=64, synthetic_max_side=320, num_workers=1),
+    )
 
 
 def keye_vl_671b_a37b() -> Recipe:
@@ -54,7 +59,9 @@ def keye_vl_671b_a37b() -> Recipe:
     return Recipe(
         name="keye-vl-671b-a37b",
         model="keye-vl-671b-a37b",
-        curate=dataclasses.replace(CurateConfig(), num_synthetic=1_000_000, shard_size=10_000),
+        curate=dataclasses.replace(
+            CurateConfig(), num_synthetic=1_000_000, shard_size=10_000, synthetic_max_side=1024, num_workers=0
+        ),
     )
 
 

@@ -84,6 +84,15 @@ def read_bytes(uri: str) -> bytes:
     return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def read_head(uri: str, length: int) -> bytes:
+    """The first ``length`` bytes of a file (an S3 range request; no full download)."""
+    if not is_s3(uri):
+        with local_path(uri).open("rb") as handle:
+            return handle.read(length)
+    bucket, key = _split(uri)
+    return s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")["Body"].read()
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically (local: temp file + rename)."""
     if is_s3(uri):

@@ -47,6 +47,8 @@ class Sample:
     height: int = 0
     text_tokens: int = 0
     image_tokens: int = 0
+    # The decoded image, shared by operators of one scan; never serialised.
+    image: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def is_video(self) -> bool:

@@ -140,7 +140,7 @@ def render_chart(table: dict, chart_type: str, rng: random.Random, max_side: int
         fig = Figure(figsize=(width / 100, height / 100), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        color = "#%02x%02x%02x" % rng.choice(render.ACCENTS)
+        color = "#{:02x}{:02x}{:02x}".format(*rng.choice(render.ACCENTS))
         if chart_type == "bar":
             bars = ax.bar(labels, values, color=color)
             ax.bar_label(bars, fontsize=fontsize)
@@ -173,12 +173,13 @@ def render_chart(table: dict, chart_type: str, rng: random.Random, max_side: int
                     xytext=(3, 3),
                     fontsize=fontsize * 0.9,
                 )
-            ax.set_xlim(-5, 60)
+            ax.set_xlim(-5, 75)  # room for the rightmost point's label
             ax.set_ylim(0, 110)
         if chart_type != "pie":
             ax.tick_params(labelsize=fontsize * 0.9)
         ax.set_title(f"{table['noun'].title()} values", fontsize=fontsize * 1.1)
-        fig.tight_layout()
+        # Fixed margins: tight_layout would double the render time for no legibility gain.
+        fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.88)
         fig.canvas.draw()
         image = Image.frombuffer(
             "RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba()

@@ -1,0 +1,592 @@
+"""The curation stage: filter, de-duplicate, re-sample and write WebDataset shards.
+
+    keye stage curate --preset tiny --output /tmp/curated                  # synthetic sources
+    keye stage curate --input s3://raw/shards/ --input /data/x.parquet --output s3://cur/v1
+
+Phases (each resumable; done markers are written last and atomically):
+
+1. scan (parallel over work units = input files or synthetic blocks): per-sample operators
+   (decode, size, text quality, language, image-text score), token counts and dedup signatures.
+   Survivors go to ``work/scan/<unit>.tar``, signatures to ``<unit>.sig.jsonl``, rejections to
+   ``<unit>.rejected.jsonl``, then ``<unit>.done``.
+2. dedup (global, one process): walks signatures in unit order, drops exact and near duplicates.
+3. mixture: per-category repeat factors from the surviving tokens (``keye_model.data.mixture``).
+4. write (parallel over units): ``shards/<unit>-<part>.tar`` (at most ``shard_size`` samples each)
+   and ``rejected/<unit>.jsonl``, then ``work/write/<unit>.done``.
+5. ``manifest.json``, plots and metrics to MLflow.
+
+A killed run restarts where it stopped: finished units are skipped, unfinished ones are redone
+from scratch, and the output is byte-identical to an uninterrupted run (fixed tar headers, no
+timestamps in the manifest). The work directory remembers the config and inputs it was made
+with; resuming with different ones is an error.
+
+Sharded mode for a KFP ``ParallelFor``: task ``i`` of ``n`` runs ``--shard-index i --num-shards n``
+(phase 1 for units ``u % n == i``); one final task without those flags finds every unit scanned
+and runs the global dedup, mixture and write phases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from keye_model import storage
+from keye_model.config_utils import from_dict, to_dict
+from keye_model.data.config import CATEGORIES, CurateConfig
+from keye_model.data.dedup import GlobalDedup, signature
+from keye_model.data.mixture import achieved_shares, repeat_factors, repeats, target_shares
+from keye_model.data.operators import Rejection, build_filters, media_tokens
+from keye_model.data.readers import (
+    BadRecord,
+    WorkUnit,
+    encode_rejected,
+    iter_tar_groups,
+    plan_units,
+    read_unit,
+    scratch_dir,
+)
+from keye_model.data.records import Sample
+from keye_model.log import get_logger, progress
+from keye_model.stage import StageResult
+
+STAGE = "curate"
+# Test hook: seconds to sleep after each finished unit, so a test can kill a run between units.
+DELAY_ENV = "KEYE_CURATE_UNIT_DELAY_S"
+SIDE_BINS = [16 * 2 ** (i / 2) for i in range(19)]  # 16 .. 8192 px, half-octave bins
+# Settings that do not change the output; a resumed run may change them freely.
+RUNTIME_FIELDS = ("num_workers", "keep_work")
+
+log = get_logger(STAGE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output plumbing
+
+
+@contextmanager
+def staged(uri: str, scratch: Path) -> Iterator[Path]:
+    """A local path to write; on success it appears at ``uri`` atomically (rename or upload)."""
+    if storage.is_s3(uri):
+        local = scratch / hashlib.sha1(uri.encode()).hexdigest()
+        yield local
+        storage.upload(local, uri)
+        local.unlink()
+        return
+    final = storage.local_path(uri)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    yield tmp
+    tmp.replace(final)
+
+
+def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Append a file with fixed metadata, so equal content gives byte-identical shards."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    archive.addfile(info, io.BytesIO(data))
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Write records one JSON object per line (sorted keys: stable bytes)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_jsonl(uri: str) -> list[dict]:
+    """All records of a JSONL file."""
+    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+
+
+def _sleep_hook() -> None:
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: scan
+
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _scanner(cfg_json: str, tokenizer_json: str) -> tuple[CurateConfig, list, Any]:
+    """Per-process operators and tokenizer, built once per config."""
+    key = hashlib.sha1((cfg_json + tokenizer_json).encode()).hexdigest()
+    if _WORKER_STATE.get("key") != key:
+        from tokenizers import Tokenizer
+
+        cfg = from_dict(CurateConfig, json.loads(cfg_json))
+        _WORKER_STATE.update(
+            key=key,
+            cfg=cfg,
+            filters=build_filters(cfg),
+            tokenizer=Tokenizer.from_str(tokenizer_json),
+        )
+    return _WORKER_STATE["cfg"], _WORKER_STATE["filters"], _WORKER_STATE["tokenizer"]
+
+
+def scan_sample(
+    sample: Sample, cfg: CurateConfig, filters: list, tokenizer: Any
+) -> Rejection | dict:
+    """Run the per-sample operators; a rejection, or the sample's dedup signature."""
+    if sample.category not in CATEGORIES:
+        return Rejection("unknown_category", f"{sample.category!r} not in {list(CATEGORIES)}")
+    for op in filters:
+        rejection = op(sample)
+        if rejection is not None:
+            return rejection
+    if sample.width and not sample.image_tokens:  # image_size not configured: still count tokens
+        try:
+            sample.image_tokens = media_tokens(sample, cfg.filters)
+        except ValueError as err:
+            return Rejection("extreme_aspect", str(err)[:200])
+    sample.text_tokens = len(tokenizer.encode(sample.full_text(), add_special_tokens=False).ids)
+    return signature(sample, cfg)
+
+
+def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> dict:
+    """Phase 1 for one unit; returns (and stores in the done marker) its counts."""
+    cfg, filters, tokenizer = _scanner(cfg_json, tokenizer_json)
+    scratch = scratch_dir()
+    base = storage.join(work, "scan", unit.name)
+    counts: dict[str, Any] = {
+        "input": 0,
+        "passed": 0,
+        "reasons": Counter(),
+        "by_source": Counter(),
+        "rejected_by_category": Counter(),
+        "input_by_category": Counter(),
+    }
+    rejected, sigs = [], []
+    with (
+        staged(base + ".tar", scratch) as tar_path,
+        tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as archive,
+    ):
+        for item in read_unit(unit, cfg, scratch):
+            counts["input"] += 1
+            counts["by_source"][item.source] += 1
+            if isinstance(item, BadRecord):
+                verdict: Rejection | dict = item.rejection
+                category, raw = "unknown", item.raw
+            else:
+                verdict = scan_sample(item, cfg, filters, tokenizer)
+                category, raw = item.category, item.media or b""
+            counts["input_by_category"][category] += 1
+            if isinstance(verdict, Rejection):
+                counts["reasons"][verdict.reason] += 1
+                counts["rejected_by_category"][category] += 1
+                rejected.append(
+                    encode_rejected(
+                        item.key, item.source, category, verdict, raw, cfg.rejected_bytes_max
+                    )
+                )
+                continue
+            item.image = None  # release the decoded pixels before the next sample
+            counts["passed"] += 1
+            sigs.append(verdict)
+            for name, data in item.members():
+                add_member(archive, name, data)
+    with staged(base + ".sig.jsonl", scratch) as path:
+        write_jsonl(path, sigs)
+    with staged(base + ".rejected.jsonl", scratch) as path:
+        write_jsonl(path, rejected)
+    summary = {k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()}
+    storage.write_text(base + ".done", json.dumps(summary, sort_keys=True))
+    _sleep_hook()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 4: write
+
+
+def write_unit(
+    unit: WorkUnit,
+    cfg_json: str,
+    work: str,
+    output: str,
+    drops: dict[str, list[str]],
+    factors: dict[str, float],
+) -> dict:
+    """Phase 4 for one unit: emit survivors (with mixture repeats) into shards, log rejections."""
+    cfg = from_dict(CurateConfig, json.loads(cfg_json))
+    scratch = scratch_dir()
+    base = storage.join(work, "scan", unit.name)
+    rejected = read_jsonl(base + ".rejected.jsonl")
+    staging = (
+        storage.download(base + ".tar", scratch / "staging.tar")
+        if storage.is_s3(base)
+        else storage.local_path(base + ".tar")
+    )
+    by_category: dict[str, Counter] = defaultdict(Counter)
+    by_source: Counter = Counter()
+    reasons: Counter = Counter()
+    shards: list[str] = []
+    writer = _ShardWriter(output, unit, cfg.shard_size, scratch, shards)
+    for key, members in iter_tar_groups(staging):
+        sample = Sample.from_members(key, members)
+        stats = by_category[sample.category]
+        if key in drops:
+            reason, detail = drops[key]
+            n = 0
+        else:
+            n = repeats(factors.get(sample.category, 0.0), cfg.seed, key)
+            reason, detail = (
+                "mixture_downsample",
+                f"category {sample.category!r} repeat factor {factors.get(sample.category, 0.0):.3f}",
+            )
+        if n == 0:
+            reasons[reason] += 1
+            stats["rejected"] += 1
+            rejected.append(
+                encode_rejected(
+                    key,
+                    sample.source,
+                    sample.category,
+                    Rejection(reason, detail),
+                    sample.media or b"",
+                    cfg.rejected_bytes_max,
+                )
+            )
+            continue
+        stats["kept"] += 1
+        by_source[sample.source] += 1
+        for j in range(n):
+            copy = (
+                sample
+                if j == 0
+                else dataclasses.replace(
+                    sample, key=f"{key}_r{j}", metadata={**sample.metadata, "repeat_of": key}
+                )
+            )
+            writer.add(copy)
+            stats["emitted"] += 1
+            stats["text_tokens"] += sample.text_tokens
+            stats["image_tokens"] += sample.image_tokens
+    writer.close()
+    with staged(storage.join(output, "rejected", f"{unit.name}.jsonl"), scratch) as path:
+        write_jsonl(path, rejected)
+    summary = {
+        "shards": shards,
+        "kept_by_source": dict(by_source),
+        "reasons": dict(reasons),
+        "by_category": {c: dict(v) for c, v in by_category.items()},
+    }
+    storage.write_text(
+        storage.join(work, "write", f"{unit.name}.done"), json.dumps(summary, sort_keys=True)
+    )
+    _sleep_hook()
+    return summary
+
+
+class _ShardWriter:
+    """Rolls output shards ``<unit>-<part>.tar`` every ``shard_size`` samples."""
+
+    def __init__(
+        self, output: str, unit: WorkUnit, shard_size: int, scratch: Path, names: list[str]
+    ):
+        self.output, self.unit, self.shard_size, self.scratch, self.names = (
+            output,
+            unit,
+            shard_size,
+            scratch,
+            names,
+        )
+        self.count, self.archive, self.ctx = 0, None, None
+
+    def add(self, sample: Sample) -> None:
+        if self.archive is None or self.count == self.shard_size:
+            self.close()
+            name = f"shards/{self.unit.name}-{len(self.names):03d}.tar"
+            self.names.append(name)
+            self.ctx = staged(storage.join(self.output, name), self.scratch)
+            self.archive = tarfile.open(self.ctx.__enter__(), "w", format=tarfile.PAX_FORMAT)
+            self.count = 0
+        for name, data in sample.members():
+            add_member(self.archive, name, data)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.archive is not None:
+            self.archive.close()
+            self.ctx.__exit__(None, None, None)
+            self.archive = self.ctx = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def _pool_map(fn: Callable, tasks: list[tuple], workers: int, desc: str) -> list:
+    """Run ``fn(*task)`` for each task, in-process or across spawned worker processes."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [fn(*task) for task in progress(tasks, desc=desc, total=len(tasks))]
+    import multiprocessing
+
+    # spawn: workers must not inherit locks/threads of MLflow or torch from the parent.
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        futures = [pool.submit(fn, *task) for task in tasks]
+        return [f.result() for f in progress(futures, desc=desc, total=len(futures))]
+
+
+def _tokenizer_json(cfg: CurateConfig) -> str:
+    """The text tokenizer serialised once, so workers load it with ``tokenizers`` alone (fast)."""
+    from keye_model.processing import build_tiny_tokenizer, load_tokenizer
+
+    tokenizer = build_tiny_tokenizer() if cfg.tokenizer == "tiny" else load_tokenizer(cfg.tokenizer)
+    return tokenizer.backend_tokenizer.to_str()
+
+
+def _fingerprint(cfg: CurateConfig, units: list[WorkUnit], work: str) -> None:
+    """Record what the work directory was made from; refuse to mix runs."""
+    config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_FIELDS}
+    record = json.dumps(
+        {"config": config, "units": [dataclasses.asdict(u) for u in units]}, sort_keys=True
+    )
+    uri = storage.join(work, "run.json")
+    if storage.exists(uri):
+        if storage.read_text(uri) != record:
+            raise ValueError(
+                f"{work} holds an unfinished run with a different config or inputs; "
+                "use a fresh --output or delete that directory"
+            )
+        return
+    storage.write_text(uri, record)
+
+
+def _dedup_pass(
+    cfg: CurateConfig, units: list[WorkUnit], work: str
+) -> tuple[dict, dict, dict, list[int]]:
+    """Phase 2: ordered global dedup; drops per unit, available tokens, stats, side histogram."""
+    import numpy as np
+
+    dedup = GlobalDedup(cfg)
+    drops: dict[str, dict[str, list[str]]] = {}
+    available: Counter = Counter()
+    reasons: Counter = Counter()
+    hist = np.zeros(len(SIDE_BINS) - 1, dtype=np.int64)
+    for unit in progress(units, desc="dedup", total=len(units)):
+        unit_drops: dict[str, list[str]] = {}
+        for sig in read_jsonl(storage.join(work, "scan", f"{unit.name}.sig.jsonl")):
+            rejection = dedup.check(sig)
+            if rejection is not None:
+                unit_drops[sig["key"]] = [rejection.reason, rejection.detail]
+                reasons[rejection.reason] += 1
+                continue
+            available[sig["category"]] += sig["text_tokens"] + sig["image_tokens"]
+            if sig["width"]:
+                side = max(sig["width"], sig["height"])
+                hist += np.histogram(
+                    [min(max(side, SIDE_BINS[0]), SIDE_BINS[-1] - 1)], bins=SIDE_BINS
+                )[0]
+        drops[unit.name] = unit_drops
+    return drops, dict(available), dict(reasons), hist.tolist()
+
+
+def _done(uri: str) -> bool:
+    return storage.exists(uri)
+
+
+def curate(
+    cfg: CurateConfig,
+    inputs: list[str],
+    output: str,
+    shard_index: int | None = None,
+    num_shards: int = 1,
+) -> StageResult:
+    """Run the curation stage (or, with ``shard_index``, only its scan phase for that shard)."""
+    started = time.time()
+    cfg.validate()
+    if shard_index is not None and not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index must lie in [0, {num_shards}), got {shard_index}")
+    units = plan_units(cfg, inputs)  # validates every input file before any heavy work
+    work = storage.join(output, "work")
+    _fingerprint(cfg, units, work)
+    workers = cfg.num_workers or os.cpu_count() or 1
+    cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
+
+    mine = [u for u in units if shard_index is None or u.index % num_shards == shard_index]
+    pending = [u for u in mine if not _done(storage.join(work, "scan", f"{u.name}.done"))]
+    log.info(
+        "scan: %d units (%d already done), %d workers", len(mine), len(mine) - len(pending), workers
+    )
+    if pending:
+        tokenizer_json = _tokenizer_json(cfg)
+        _pool_map(
+            scan_unit, [(u, cfg_json, tokenizer_json, work) for u in pending], workers, "scan"
+        )
+    if shard_index is not None:
+        return StageResult(
+            stage=STAGE,
+            outputs={"work": work},
+            metrics={"units_scanned": float(len(pending)), "elapsed_s": time.time() - started},
+            message=f"scanned shard {shard_index}/{num_shards}: {len(mine)} units; run once more without --shard-index to finish",
+        )
+    missing = [u.name for u in units if not _done(storage.join(work, "scan", f"{u.name}.done"))]
+    if missing:
+        raise RuntimeError(f"units {missing[:5]} were not scanned")
+
+    from keye_model.tracking import stage_run
+
+    with stage_run(STAGE, cfg) as tracker:
+        drops, available, dedup_reasons, side_hist = _dedup_pass(cfg, units, work)
+        factors, budget = repeat_factors(cfg.mixture, available)
+        log.info(
+            "dedup dropped %d; repeat factors %s",
+            sum(dedup_reasons.values()),
+            {c: round(f, 3) for c, f in factors.items()},
+        )
+        write_pending = [
+            u for u in units if not _done(storage.join(work, "write", f"{u.name}.done"))
+        ]
+        log.info("write: %d units (%d already done)", len(units), len(units) - len(write_pending))
+        tasks = [(u, cfg_json, work, output, drops[u.name], factors) for u in write_pending]
+        _pool_map(write_unit, tasks, workers, "write")
+        manifest = build_manifest(cfg, units, inputs, work, available, factors, budget, side_hist)
+        storage.write_text(
+            storage.join(output, "manifest.json"), json.dumps(manifest, indent=2, sort_keys=True)
+        )
+        _log_to_mlflow(tracker, manifest)
+        if not cfg.keep_work:
+            _remove_work(work)
+    counts = manifest["counts"]
+    metrics = {f"{k}_samples": float(v) for k, v in counts.items()}
+    metrics.update(
+        text_tokens=float(manifest["tokens"]["text"]),
+        image_tokens=float(manifest["tokens"]["image"]),
+        elapsed_s=time.time() - started,
+    )
+    return StageResult(
+        stage=STAGE,
+        outputs={
+            "data": output,
+            "shards": storage.join(output, "shards"),
+            "manifest": storage.join(output, "manifest.json"),
+        },
+        metrics=metrics,
+        message=f"kept {counts['kept']}/{counts['input']} samples ({counts['emitted']} emitted) in {len(manifest['shards'])} shards",
+        details={"rejected_by_reason": manifest["rejected_by_reason"]},
+    )
+
+
+def build_manifest(
+    cfg: CurateConfig,
+    units: list[WorkUnit],
+    inputs: list[str],
+    work: str,
+    available: dict[str, int],
+    factors: dict[str, float],
+    budget: int,
+    side_hist: list[int],
+) -> dict:
+    """Aggregate the done markers of every unit into the stage manifest (no timestamps)."""
+    reasons: Counter = Counter()
+    sources: dict[str, Counter] = defaultdict(Counter)
+    categories: dict[str, Counter] = defaultdict(Counter)
+    shards: list[str] = []
+    for unit in units:
+        scan = json.loads(storage.read_text(storage.join(work, "scan", f"{unit.name}.done")))
+        write = json.loads(storage.read_text(storage.join(work, "write", f"{unit.name}.done")))
+        reasons.update(scan["reasons"])
+        reasons.update(write["reasons"])
+        for src, n in scan["by_source"].items():
+            sources[src]["input"] += n
+        for src, n in write["kept_by_source"].items():
+            sources[src]["kept"] += n
+        for cat, n in scan["input_by_category"].items():
+            categories[cat]["input"] += n
+        for cat, n in scan["rejected_by_category"].items():
+            categories[cat]["rejected"] += n
+        for cat, stats in write["by_category"].items():
+            categories[cat].update(stats)
+        shards += write["shards"]
+    for counter in sources.values():
+        counter["rejected"] = counter["input"] - counter["kept"]
+    total_in = sum(c["input"] for c in sources.values())
+    kept = sum(c["kept"] for c in sources.values())
+    emitted_tokens = {
+        c: v["text_tokens"] + v["image_tokens"] for c, v in categories.items() if v["emitted"]
+    }
+    return {
+        "counts": {
+            "input": total_in,
+            "kept": kept,
+            "rejected": total_in - kept,
+            "emitted": sum(c["emitted"] for c in categories.values()),
+        },
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "by_source": {s: dict(c) for s, c in sorted(sources.items())},
+        "by_category": {
+            c: {
+                k: v[k]
+                for k in ("input", "kept", "rejected", "emitted", "text_tokens", "image_tokens")
+            }
+            for c, v in sorted(categories.items())
+        },
+        "tokens": {
+            "text": sum(v["text_tokens"] for v in categories.values()),
+            "image": sum(v["image_tokens"] for v in categories.values()),
+        },
+        "mixture": {
+            "enabled": cfg.mixture.enabled,
+            "token_budget": budget,
+            "available_tokens": dict(sorted(available.items())),
+            "repeat_factor": {c: round(f, 6) for c, f in sorted(factors.items())},
+            "target_share": target_shares(cfg.mixture.weights, available),
+            "achieved_share": achieved_shares(emitted_tokens),
+            "unavailable": sorted(
+                c for c, w in cfg.mixture.weights.items() if w > 0 and not available.get(c)
+            ),
+        },
+        "image_side_histogram": {"bins": [round(b, 1) for b in SIDE_BINS], "counts": side_hist},
+        "shards": shards,
+        "inputs": list(inputs),
+        "config": to_dict(cfg) | {k: None for k in RUNTIME_FIELDS},
+    }
+
+
+def _log_to_mlflow(tracker: Any, manifest: dict) -> None:
+    from keye_model.data.plots import stats_figures
+
+    counts = manifest["counts"]
+    tracker.log_metrics(
+        {
+            **{f"samples_{k}": v for k, v in counts.items()},
+            "tokens_text": manifest["tokens"]["text"],
+            "tokens_image": manifest["tokens"]["image"],
+        }
+    )
+    tracker.log_metrics({f"rejected_{k}": v for k, v in manifest["rejected_by_reason"].items()})
+    tracker.log_dict(manifest, "curate/manifest.json")
+    for name, figure in stats_figures(manifest).items():
+        tracker.log_figure(figure, f"curate/{name}.png")
+
+
+def _remove_work(work: str) -> None:
+    """Delete the staging area (signatures, staging shards, done markers)."""
+    if not storage.is_s3(work):
+        import shutil
+
+        shutil.rmtree(storage.local_path(work), ignore_errors=True)
+        return
+    client = storage.s3_client()
+    for uri in list(storage.list_files(work)):
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        client.delete_object(Bucket=bucket, Key=key)
