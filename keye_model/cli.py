@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "keye_model.model.cli",
     "keye_model.serve.cli",
     "keye_model.data.cli",
+    "keye_model.eval.cli",
 ]
 
 
