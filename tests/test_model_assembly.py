@@ -178,3 +178,32 @@ def test_bad_inputs_fail_early_with_clear_errors(tmp_path, capsys):
     assert "--lm" in capsys.readouterr().err
     with pytest.raises(ValueError, match="pass --lm"):
         assemble("keye-vl-671b-a37b", tmp_path / "big")
+
+
+def test_model_directory_carries_a_matching_processor(tmp_path, config):
+    from keye_model.processing import KeyeProcessor
+
+    out = tmp_path / "tiny"
+    assert main(["init", "--preset", "tiny", "--output", str(out)]) == 0
+    processor = KeyeProcessor.from_pretrained(out)
+    saved = KeyeVLMoeConfig.from_pretrained(out)
+    assert saved.image_token_id == processor.image_token_id == config.image_token_id
+    assert saved.fast_video_token_id == processor.fast_video_token_id
+
+
+def test_lm_tokenizer_without_vision_tokens_gets_them_added(tmp_path, config):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from keye_model.processing import KeyeProcessor
+
+    write_deepseek(tmp_path / "ds", config, fp8=False)
+    vocab = {chr(c): i for i, c in enumerate(range(97, 123))}  # a..z only: no Keye tokens
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="a"))
+    raw.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="a").save_pretrained(tmp_path / "ds")
+    assemble("tiny", tmp_path / "out", lm=tmp_path / "ds")
+    processor = KeyeProcessor.from_pretrained(tmp_path / "out")
+    saved = KeyeVLMoeConfig.from_pretrained(tmp_path / "out")
+    assert saved.image_token_id == processor.image_token_id >= len(vocab)
+    assert saved.video_token_id == processor.video_token_id != saved.image_token_id

@@ -192,6 +192,42 @@ def _check_lm_config(lm: Path, config: KeyeVLMoeConfig) -> None:
             )
 
 
+def build_processor(config: KeyeVLMoeConfig, preset: str, lm: Path | None):
+    """The processor a model directory carries; sets the config's vision token ids to match it.
+
+    A DeepSeek LM checkpoint brings its tokenizer (Keye's vision tokens are added when absent);
+    the tiny preset uses the offline tiny tokenizer. Returns None when there is no tokenizer.
+    """
+    from keye_model.processing import KeyeProcessor, build_tiny_tokenizer, load_tokenizer
+    from keye_model.processing.tokens import SPECIAL_TOKENS
+
+    if lm is not None and any(
+        (lm / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        tokenizer = load_tokenizer(lm)
+        missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+            )
+    elif preset == "tiny":
+        tokenizer = build_tiny_tokenizer()
+    else:
+        log.warning("no tokenizer in --lm %s: the model directory will carry no processor", lm)
+        return None
+    if len(tokenizer) > config.text_config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but text_config.vocab_size is {config.text_config.vocab_size}"
+        )
+    processor = KeyeProcessor(tokenizer)
+    config.image_token_id = processor.image_token_id
+    config.video_token_id = processor.video_token_id
+    config.fast_video_token_id = processor.fast_video_token_id
+    config.vision_start_token_id = processor.vision_start_token_id
+    config.vision_end_token_id = processor.vision_end_token_id
+    return processor
+
+
 def _random_part(module: torch.nn.Module, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
     for name, tensor in module.state_dict().items():
         yield prefix + name, tensor
@@ -220,6 +256,9 @@ def assemble(
     if lm is not None:
         _check_lm_config(Path(lm), config)
     torch.manual_seed(seed)
+    processor = build_processor(config, preset, Path(lm) if lm is not None else None)
+    if processor is not None:
+        processor.save_pretrained(output)
 
     if lm is None:
         n_params = count_parameters(config).total

@@ -50,6 +50,12 @@ class KeyeVLMoePreTrainedModel(PreTrainedModel):
     # packing_position_embedding (present in released checkpoints, unused at inference).
     _keys_to_ignore_on_load_unexpected = [r"model\.layers\.61\.", r"packing_position_embedding"]
 
+    @classmethod
+    def _can_set_experts_implementation(cls) -> bool:
+        # The MoE layers are transformers' DeepseekV3Experts, which dispatch on the experts
+        # implementation (eager, grouped_mm, batched_mm); transformers detects that only by source.
+        return True
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
