@@ -194,6 +194,11 @@ affinity:
       - labelSelector:
           matchLabels:
             {{- include "keye-serve.selectorLabels" $root | nindent 12 }}
+          # Only serving pods: the helm test pod carries the same name/instance labels.
+          matchExpressions:
+            - key: app.kubernetes.io/component
+              operator: In
+              values: [leader, worker]
         matchLabelKeys:
           - leaderworkerset.sigs.k8s.io/group-key
         topologyKey: kubernetes.io/hostname
