@@ -400,6 +400,12 @@ def test_chat_template_cases_match_the_jinja_twin(processor):
                 ],
             }
         ],
+        [
+            {
+                "role": "user",
+                "content": [{"image": "a.jpg"}, {"video": "b.mp4"}, {"text": "untyped"}],
+            }
+        ],
     ]
     for messages in conversations:
         for mode in ("think", "no_think", "auto"):
@@ -492,6 +498,8 @@ def test_processor_expands_image_pads_to_feature_count(processor, fixture_dir):
     )
     images = [fixture_dir / "cat.jpg", fixture_dir / "img3.jpg"]
     out = processor(prompt, images=images)
+    nested = processor([prompt], images=[images])  # one list of images per sample
+    assert torch.equal(nested["input_ids"], out["input_ids"])
     grids = out["image_grid_thw"]
     pads = int((out["input_ids"] == processor.image_token_id).sum())
     assert pads == out["pixel_values"].shape[0] // 4 == int(grids.prod(dim=1).sum()) // 4

@@ -124,7 +124,12 @@ class KeyeProcessor:
         side = padding_side or self.padding_side
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-        images = list(images) if images is not None else []
+        # Per-sample nested lists (HF style) are flattened: images pair with pads in text order.
+        images = [
+            img
+            for item in (images or [])
+            for img in (item if isinstance(item, (list, tuple)) else [item])
+        ]
         videos = list(videos) if videos is not None else []
         token_ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
         n_image_pads = sum(ids.count(self.image_token_id) for ids in token_ids)
