@@ -588,3 +588,44 @@ def test_sampled_video_passes_through(processor):
     video = SampledVideo([still, still], [0.0, 0.5], [False, True])
     out = processor.video_processor([video])
     assert out["video_frame_is_fast"].tolist() == [False, True]
+
+
+def test_batch_pairs_images_with_pads_in_text_order(processor, fixture_dir):
+    one = apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "A?"}]}]
+    )
+    two = apply_chat_template(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "B?"}],
+            }
+        ]
+    )
+    images = [fixture_dir / "img1.png", fixture_dir / "keye_post1.jpeg", fixture_dir / "img3.jpg"]
+    out = processor([one, two], images=images)
+    per_image = [int(g.prod()) // 4 for g in out["image_grid_thw"]]
+    pads = (out["input_ids"] == processor.image_token_id).sum(dim=1).tolist()
+    assert pads == [per_image[0], per_image[1] + per_image[2]]
+    assert out["attention_mask"].sum(dim=1).tolist() == [
+        len(processor.tokenizer.encode(one)) + per_image[0] - 1,
+        len(processor.tokenizer.encode(two)) + per_image[1] + per_image[2] - 2,
+    ]
+
+
+def test_package_exports():
+    import keye_model.processing as processing
+
+    for name in (
+        "smart_resize",
+        "image_token_count",
+        "KeyeImageProcessor",
+        "KeyeVideoProcessor",
+        "KeyeProcessor",
+        "build_tiny_tokenizer",
+        "apply_chat_template",
+        "parse_thinking",
+    ):
+        assert callable(getattr(processing, name)), name
+    with pytest.raises(AttributeError):
+        processing.not_a_name  # noqa: B018
