@@ -52,7 +52,7 @@ def signature(sample: Sample, cfg: CurateConfig) -> dict[str, Any]:
         and len(text.split()) >= dd.min_words
     ):
         values = minhash_values(shingles(text, dd.shingle_words), dd.minhash_num_perm)
-        sig["minhash"] = base64.b64encode(values.astype("<u8").tobytes()).decode("ascii")
+        sig["minhash"] = base64.b64encode(values.astype("<u4").tobytes()).decode("ascii")
     return sig
 
 
@@ -90,8 +90,8 @@ class GlobalDedup:
                     )
                 pending.append(lambda c=code: self.images.add(c, sig["key"]))
             elif op == "near_dup_text" and sig["minhash"] and self.texts is not None:
-                values = np.frombuffer(base64.b64decode(sig["minhash"]), dtype="<u8").astype(
-                    np.uint64
+                values = np.frombuffer(base64.b64decode(sig["minhash"]), dtype="<u4").astype(
+                    np.uint32
                 )
                 hit = self.texts.query(values)
                 if hit is not None:

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+MINHASH_SCHEME = "affine32"  # datasketch 2.x default; must be named when rebuilding from values
+
 
 def band_masks(band_bits: int, sub_radius: int) -> list[int]:
     """All XOR masks of at most ``sub_radius`` set bits within one band (0 first)."""
@@ -84,10 +86,10 @@ def shingles(text: str, n: int) -> set[str]:
 
 
 def minhash_values(items: Iterable[str], num_perm: int) -> np.ndarray:
-    """MinHash signature (uint64 array) of a set of strings; fixed seed so runs agree."""
+    """MinHash signature (integer array) of a set of strings; fixed seed so runs agree."""
     from datasketch import MinHash
 
-    sketch = MinHash(num_perm=num_perm, seed=1)
+    sketch = MinHash(num_perm=num_perm, seed=1, scheme=MINHASH_SCHEME)
     sketch.update_batch([s.encode("utf-8") for s in items])
     return sketch.hashvalues
 
@@ -105,7 +107,7 @@ class TextNearDupIndex:
     def _sketch(self, values: np.ndarray):
         from datasketch import MinHash
 
-        return MinHash(num_perm=self.num_perm, seed=1, hashvalues=values)
+        return MinHash(num_perm=self.num_perm, seed=1, hashvalues=values, scheme=MINHASH_SCHEME)
 
     def query(self, values: np.ndarray) -> str | None:
         """Key of an indexed text with estimated Jaccard >= threshold, else None."""

@@ -198,30 +198,29 @@ class ImageTextScorer:
 
 
 class ClipScorer(ImageTextScorer):
-    """A CLIP-style dual encoder loaded from a local directory (transformers format)."""
+    """A CLIP-style dual encoder from a local directory (transformers model, tokenizer, image processor)."""
 
     def __init__(self, path: str):
         import torch
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         self.torch = torch
         self.model = AutoModel.from_pretrained(path).eval()
-        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.image_processor = AutoImageProcessor.from_pretrained(path)
 
     def score(self, images: list[Any], texts: list[str]) -> list[float]:
         torch = self.torch
-        inputs = self.processor(
-            text=texts,
-            images=[im.convert("RGB") for im in images],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-        )
+        pixels = self.image_processor(
+            images=[im.convert("RGB") for im in images], return_tensors="pt"
+        )["pixel_values"]
+        tokens = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
         with torch.no_grad():
-            image_emb = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+            image_emb = self.model.get_image_features(pixel_values=pixels)
             text_emb = self.model.get_text_features(
-                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
             )
+        # transformers 5 may wrap the projected features in an output object.
         image_emb = getattr(image_emb, "pooler_output", image_emb)
         text_emb = getattr(text_emb, "pooler_output", text_emb)
         sims = torch.nn.functional.cosine_similarity(image_emb, text_emb, dim=-1)

@@ -1,0 +1,317 @@
+"""End-to-end tests of ``keye stage curate``: messy corpus, bad inputs, S3 (moto), kill + resume,
+sharded mode, the tiny preset through the CLI, MLflow logging and WebDataset compatibility."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from curate_corpus import build_corpus, encode, noise_image, write_tar
+
+from keye_model import storage
+from keye_model.data.config import CurateConfig
+from keye_model.data.curate import curate
+from keye_model.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def corpus_config(**changes) -> CurateConfig:
+    """Full operator chain, mixture off so every kept sample is emitted exactly once."""
+    cfg = CurateConfig(shard_size=8, num_workers=1)
+    cfg = dataclasses.replace(cfg, mixture=dataclasses.replace(cfg.mixture, enabled=False))
+    return dataclasses.replace(cfg, **changes)
+
+
+def read_rejected(output: Path) -> dict[str, dict]:
+    records = {}
+    for path in sorted((output / "rejected").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            records[record["key"]] = record
+    return records
+
+
+def shard_keys(output: Path) -> list[str]:
+    import webdataset as wds
+
+    urls = [str(p) for p in sorted((output / "shards").glob("*.tar"))]
+    return [sample["__key__"] for sample in wds.WebDataset(urls, shardshuffle=False)]
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "work" not in p.parts
+    }
+
+
+def test_messy_corpus_every_sample_accounted(tmp_path):
+    inputs, expected = build_corpus(tmp_path / "raw")
+    output = tmp_path / "out"
+    result = curate(corpus_config(), inputs, str(output))
+    manifest = json.loads((output / "manifest.json").read_text())
+    counts = manifest["counts"]
+
+    # Every corruption kind is at least 10% of the corpus.
+    kinds = {}
+    for reason in expected.values():
+        kinds[reason] = kinds.get(reason, 0) + 1
+    bad_kinds = (
+        "truncated_image",
+        "empty_file",
+        "not_an_image",
+        "decompression_bomb",
+        "too_small",
+        "extreme_aspect",
+        "exact_duplicate",
+        "near_duplicate_image",
+    )
+    assert all(kinds[k] >= 0.1 * len(expected) for k in bad_kinds)
+    assert sum(
+        kinds[k] for k in ("text_repetitive", "text_low_alnum", "language", "text_too_short")
+    ) >= 0.1 * len(expected)
+
+    assert counts["input"] == len(expected)
+    assert counts["input"] == counts["kept"] + counts["rejected"]
+    rejected = read_rejected(output)
+    kept = shard_keys(output)  # read back with the webdataset library itself
+    assert len(rejected) == counts["rejected"] and len(kept) == counts["kept"]
+    assert not set(rejected) & set(kept)
+    for key, record in rejected.items():
+        assert record["reason"], key
+        assert expected[key.split("/", 1)[1]] == record["reason"], (key, record)
+    assert sorted(k.split("/", 1)[1] for k in kept) == sorted(
+        k for k, r in expected.items() if r == "kept"
+    )
+    # img_pair_1/2 are two different photos (4 of 64 bits apart in a 64-bit pHash): both survive.
+    from curate_corpus import PHOTOS
+
+    pair_keys = {f"00000/photo_{PHOTOS.index(n):02d}" for n in ("img_pair_1.jpg", "img_pair_2.jpg")}
+    assert pair_keys <= set(kept)
+    # Small rejected samples keep their original bytes for inspection.
+    assert "bytes_b64" in rejected[next(k for k in rejected if "notimg" in k)]
+    assert manifest["rejected_by_reason"] == {r: n for r, n in kinds.items() if r != "kept"}
+    assert sum(v["input"] for v in manifest["by_source"].values()) == counts["input"]
+    assert manifest["tokens"]["image"] > 0 and manifest["tokens"]["text"] > 0
+    assert result.metrics["kept_samples"] == counts["kept"]
+
+
+def test_bad_input_files_fail_fast_naming_the_file(tmp_path):
+    cfg = corpus_config()
+    missing = tmp_path / "nope.tar"
+    with pytest.raises(FileNotFoundError, match="nope.tar"):
+        curate(cfg, [str(missing)], str(tmp_path / "o1"))
+    fake_tar = tmp_path / "fake.tar"
+    fake_tar.write_bytes(b"definitely not a tar archive" * 40)
+    with pytest.raises(ValueError, match="fake.tar.*not a tar"):
+        curate(cfg, [str(fake_tar)], str(tmp_path / "o2"))
+    bad_jsonl = tmp_path / "x.jsonl"
+    bad_jsonl.write_text('{"text": "no image field"}\n')
+    with pytest.raises(ValueError, match="x.jsonl"):
+        curate(cfg, [str(bad_jsonl)], str(tmp_path / "o3"))
+    bad_parquet = tmp_path / "y.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"caption": ["a"]}), bad_parquet)
+    with pytest.raises(ValueError, match="y.parquet.*no image column"):
+        curate(cfg, [str(bad_parquet)], str(tmp_path / "o4"))
+    with pytest.raises(ValueError, match="curate.operators"):
+        curate(dataclasses.replace(cfg, operators=["decode", "sharpen"]), [], str(tmp_path / "o5"))
+    # Nothing was written for any of them: the checks ran before the work.
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def moto_s3(monkeypatch):
+    """A real S3 endpoint: moto's threaded server over HTTP on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    storage.s3_client().create_bucket(Bucket="raw")
+    storage.s3_client().create_bucket(Bucket="cur")
+    yield storage.s3_client()
+    server.stop()
+
+
+def test_s3_inputs_and_outputs_with_multipart(tmp_path, moto_s3):
+    # Three ~4.5 MB noise photos: the output shard is > 8 MiB, above storage.MULTIPART_THRESHOLD.
+    samples = [
+        (
+            f"big_{i}",
+            "png",
+            encode(noise_image(i, 1500, 1000)),
+            {"text": f"Random colourful noise picture number {i} for the upload test."},
+        )
+        for i in range(3)
+    ]
+    local = tmp_path / "big.tar"
+    write_tar(local, samples)
+    storage.upload(local, "s3://raw/in/big-000.tar")
+    jsonl = tmp_path / "rec.jsonl"
+    (tmp_path / "small.png").write_bytes(encode(noise_image(9, 80, 60)))
+    storage.upload(tmp_path / "small.png", "s3://raw/in/img/small.png")
+    jsonl.write_text(
+        json.dumps(
+            {"key": "s1", "image": "img/small.png", "text": "A small noise picture stored on S3."}
+        )
+        + "\n"
+    )
+    storage.upload(jsonl, "s3://raw/in/rec.jsonl")
+
+    with pytest.raises(FileNotFoundError, match="s3://raw/missing.tar"):
+        curate(corpus_config(), ["s3://raw/missing.tar"], "s3://cur/never")
+
+    result = curate(corpus_config(shard_size=10), ["s3://raw/in/"], "s3://cur/v1")
+    manifest = json.loads(storage.read_text("s3://cur/v1/manifest.json"))
+    assert manifest["counts"] == {"input": 4, "kept": 4, "rejected": 0, "emitted": 4}
+    assert result.outputs["manifest"] == "s3://cur/v1/manifest.json"
+    head = moto_s3.head_object(Bucket="cur", Key="v1/shards/00000-000.tar")
+    assert head["ContentLength"] > storage.MULTIPART_THRESHOLD
+    assert "-" in head["ETag"], "a shard above the threshold must arrive as a multipart upload"
+    listed = sorted(storage.list_files("s3://cur/v1/"))
+    assert "s3://cur/v1/rejected/00001.jsonl" in listed
+    assert not any("/work/" in uri for uri in listed), "the staging area is removed after success"
+    local_shard = storage.download("s3://cur/v1/shards/00000-000.tar", tmp_path / "check.tar")
+    import webdataset as wds
+
+    keys = [s["__key__"] for s in wds.WebDataset(str(local_shard), shardshuffle=False)]
+    assert keys == ["00000/big_0", "00000/big_1", "00000/big_2"]
+
+
+def _cli(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "keye_model.cli", "stage", "curate", *args],
+        env=env,
+        cwd=REPO,
+        **kwargs,
+    )
+
+
+def test_kill_and_resume_reproduces_uninterrupted_output(tmp_path):
+    sets = [
+        "--set",
+        "curate.num_synthetic=84",
+        "--set",
+        "curate.shard_size=12",
+        "--set",
+        "curate.synthetic_max_side=160",
+        "--set",
+        "curate.keep_work=true",
+    ]
+    env = {**os.environ, "KEYE_CURATE_UNIT_DELAY_S": "0.6", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "killed"
+    proc = _cli(
+        ["--preset", "tiny", "--output", str(out), *sets],
+        env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "work" / "write").glob("*.done"))) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.stem for p in (out / "work" / "write").glob("*.done"))
+    assert 2 <= len(done) < 7, done
+    assert not (out / "manifest.json").exists()
+    finished = {
+        p: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in (out / "shards").glob("*.tar")
+        if p.name.split("-")[0] in done
+    }
+    scanned = {
+        p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "work" / "scan").glob("*.tar")
+    }
+    assert finished and len(scanned) == 7
+
+    env.pop("KEYE_CURATE_UNIT_DELAY_S")
+    resumed = _cli(
+        ["--preset", "tiny", "--output", str(out), *sets],
+        env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, stderr.decode()[-3000:]
+    assert f"write: 7 units ({len(done)} already done)" in stderr.decode()
+    for path, stat in {**finished, **scanned}.items():
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stat, f"{path} was redone"
+
+    # Reference: the same recipe, uninterrupted, in sharded (ParallelFor) mode plus the final pass.
+    cfg = (
+        load_recipe("tiny")
+        .override({"curate": {"num_synthetic": 84, "shard_size": 12, "synthetic_max_side": 160}})
+        .curate
+    )
+    ref = tmp_path / "reference"
+    for i in range(3):
+        partial = curate(cfg, [], str(ref), shard_index=i, num_shards=3)
+        assert "scanned shard" in partial.message
+    assert not (ref / "shards").exists()
+    curate(cfg, [], str(ref))
+    assert tree_bytes(out) == tree_bytes(ref)
+    assert not (ref / "work").exists()
+    # A different config cannot resume into the same work directory.
+    with pytest.raises(ValueError, match="different config"):
+        curate(dataclasses.replace(cfg, seed=1), [], str(out))
+
+
+def test_tiny_preset_cli_mixture_and_mlflow(tmp_path):
+    import mlflow
+
+    from keye_model.cli import main
+
+    out = tmp_path / "tiny"
+    start = time.time()
+    assert main(["stage", "curate", "--preset", "tiny", "--output", str(out)]) == 0
+    elapsed = time.time() - start
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["input"] == 300 and counts["input"] == counts["kept"] + counts["rejected"]
+    mix = manifest["mixture"]
+    assert set(mix["target_share"]) == {"chart", "table", "document", "ocr", "math_cot"}
+    assert mix["unavailable"] == ["caption", "interleaved", "video"]
+    for cat, share in mix["target_share"].items():
+        # Scarce categories are capped at max_repeat; the rest land near their target.
+        if mix["repeat_factor"][cat] < load_recipe("tiny").curate.mixture.max_repeat:
+            assert abs(mix["achieved_share"][cat] - share) < 0.06, (cat, mix)
+    assert len(shard_keys(out)) == counts["emitted"]
+    assert elapsed < 90, f"tiny curate took {elapsed:.0f}s"
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["keye"], filter_string="tags.stage = 'curate'")
+    assert len(runs) == 1
+    run_id = runs.iloc[0]["run_id"]
+    assert runs.iloc[0]["metrics.samples_input"] == 300
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "curate")}
+    assert {
+        "curate/rejection_reasons.png",
+        "curate/category_shares.png",
+        "curate/image_sizes.png",
+        "curate/manifest.json",
+    } <= artifacts
