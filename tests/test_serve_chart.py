@@ -230,7 +230,7 @@ def test_s3_source_downloads_in_init_container():
         model_vol = next(v for v in pod["volumes"] if v["name"] == "model")
         assert model_vol["hostPath"] == {
             "path": "/var/cache/keye-models",
-            "type": "DirectoryOrCreate",
+            "type": "Directory",
         }
 
 

@@ -362,7 +362,8 @@ volumes:
     {{- else if eq $v.model.s3.cache "hostPath" }}
     hostPath:
       path: {{ $v.model.s3.cacheHostPath | quote }}
-      type: DirectoryOrCreate
+      # Must exist, writable by the pod's user: a directory the kubelet creates is root-owned.
+      type: Directory
     {{- else }}
     emptyDir:
       sizeLimit: {{ $v.model.s3.cacheSizeLimit | quote }}
