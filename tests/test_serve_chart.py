@@ -356,3 +356,46 @@ def test_strict_schema_keeps_preserve_unknown_fields_open():
     assert "additionalProperties" not in strict["properties"]["free"]
     assert strict["properties"]["list"]["items"]["additionalProperties"] is False
     assert "additionalProperties" not in schema  # the input is not modified
+
+
+def test_leader_dns_wait_script_runs():
+    """Run the rendered container command with bash: exec the args once the name resolves, else fail."""
+    import os
+    import subprocess
+
+    leader, _ = pod_specs(render("leaderDnsTimeoutSeconds=2"))
+    command = leader["containers"][0]["command"]
+    assert command[:2] == ["/bin/bash", "-c"]
+    env = {**os.environ, "LWS_LEADER_ADDRESS": "localhost"}
+    ok = subprocess.run(
+        [*command, "echo", "launched"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert ok.returncode == 0 and ok.stdout.strip() == "launched", ok.stderr
+    env["LWS_LEADER_ADDRESS"] = "keye-leader.invalid"
+    bad = subprocess.run(
+        [*command, "echo", "launched"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert bad.returncode == 1 and "launched" not in bad.stdout
+    assert "leader keye-leader.invalid did not resolve within 2 s" in bad.stderr
+
+
+def test_notes_render_with_the_endpoint(tmp_path):
+    """NOTES.txt through helm's own tpl (helm template skips NOTES; install needs a cluster)."""
+    import shutil
+
+    chart = tmp_path / "keye-serve"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes.txt")
+    (chart / "templates" / "notes-check.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n'
+    )
+    docs = load_documents(
+        helm.template(chart, "keye-serve", "serving", [], ["apiKey.enabled=true", "apiKey.value=k"])
+    )
+    notes = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["notes"]
+    assert "port-forward svc/keye-serve-api 30000:30000" in notes
+    assert "/v1/chat/completions" in notes and "image_url" in notes
+    assert "Authorization: Bearer" in notes
+    assert "http://keye-serve-api.serving.svc:30000" in notes
+    assert "helm test keye-serve -n serving" in notes
