@@ -1,0 +1,272 @@
+"""Unit tests of the curation operators, the near-duplicate indexes and the mixture maths."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import random
+
+import numpy as np
+import pytest
+from curate_corpus import decompression_bomb, encode, noise_image, truncated_jpeg
+from PIL import Image
+
+from keye_model.data.config import CurateConfig, FilterConfig, MixtureConfig
+from keye_model.data.dedup import GlobalDedup, phash_code, signature
+from keye_model.data.mixture import repeat_factors, repeats, target_shares
+from keye_model.data.neardup import MultiIndexHash
+from keye_model.data.operators import (
+    ClipScore,
+    ClipScorer,
+    Decode,
+    ImageSize,
+    Language,
+    TextQuality,
+)
+from keye_model.data.records import Sample
+from keye_model.processing import image_token_count
+
+
+def sample(
+    media: bytes | None,
+    text: str = "A plain English caption describing the picture.",
+    ext: str = "png",
+    **kw,
+) -> Sample:
+    return Sample(
+        key=kw.pop("key", "k"),
+        source="test",
+        category=kw.pop("category", "caption"),
+        media=media,
+        media_ext=ext,
+        text=text,
+        **kw,
+    )
+
+
+def test_decode_names_each_corruption(real_images):
+    decode = Decode(FilterConfig(max_image_pixels=50_000_000))
+    photo = real_images["cat.jpg"].read_bytes()
+    assert decode(sample(b"")).reason == "empty_file"
+    assert decode(sample(None)).reason == "no_media"
+    assert decode(sample(b"GIF89a but not really" * 3)).reason == "not_an_image"
+    assert decode(sample(truncated_jpeg(photo), ext="jpg")).reason == "truncated_image"
+    # Far above PIL's 2x limit (PIL raises) and just above the cap (PIL only warns): both rejected.
+    assert decode(sample(decompression_bomb(40000, 40000))).reason == "decompression_bomb"
+    assert decode(sample(decompression_bomb(8000, 7000))).reason == "decompression_bomb"
+    assert Image.MAX_IMAGE_PIXELS == 50_000_000  # set deliberately by the operator
+    good = sample(photo, ext="jpg")
+    assert (
+        decode(good) is None and (good.width, good.height) == (640, 480) and good.image is not None
+    )
+    rgba = sample(real_images["sglang_logo.png"].read_bytes())
+    assert decode(rgba) is None and rgba.width == 2392
+
+
+@pytest.mark.parametrize(
+    "size,reason",
+    [
+        ((27, 400), "too_small"),
+        ((28, 28 * 200), None),
+        ((28, 28 * 201), "extreme_aspect"),
+        ((640, 480), None),
+        ((4000, 3000), None),
+    ],
+)
+def test_image_size_bounds_match_smart_resize(size, reason):
+    cfg = FilterConfig()
+    s = sample(None)
+    s.width, s.height = size
+    verdict = ImageSize(cfg)(s)
+    assert (verdict.reason if verdict else None) == reason
+    if reason is None:
+        assert s.image_tokens == image_token_count(
+            size[1], size[0], min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
+        )
+        assert 4 <= s.image_tokens <= 16384
+
+
+def test_text_quality_and_language():
+    quality, language = TextQuality(FilterConfig()), Language(FilterConfig())
+    ok = sample(None, "Two children play football on a green field near a school building.")
+    assert quality(ok) is None and language(ok) is None
+    assert quality(sample(None, "hi")).reason == "text_too_short"
+    assert quality(sample(None, "click here " * 20)).reason == "text_repetitive"
+    assert quality(sample(None, "$$$ ### @@@ !!! %%% ^^^ &&& *** a")).reason == "text_low_alnum"
+    assert (
+        language(
+            sample(None, "Ein Hund läuft über die Wiese und spielt mit einem roten Ball im Garten.")
+        ).reason
+        == "language"
+    )
+    assert (
+        language(sample(None, "一只小猫坐在窗台上晒太阳，看着外面的行人和汽车。")) is None
+    )  # zh is kept
+    assert language(sample(None, "Bonjour")) is None  # too short to judge: passes
+
+
+def test_multi_index_hash_matches_brute_force():
+    rng = random.Random(0)
+    bits, radius = 256, 18
+    index = MultiIndexHash(bits, radius, bands=16)
+    codes = [rng.getrandbits(bits) for _ in range(3000)]
+    for i, code in enumerate(codes):
+        index.add(code, f"c{i}")
+    queries = []
+    for _ in range(300):
+        base = rng.choice(codes)
+        flips = rng.randint(0, radius + 6)
+        for b in rng.sample(range(bits), flips):
+            base ^= 1 << b
+        queries.append(base)
+    queries += [rng.getrandbits(bits) for _ in range(100)]
+    for q in queries:
+        truth = {f"c{i}" for i, c in enumerate(codes) if (c ^ q).bit_count() <= radius}
+        hit = index.query(q)
+        assert (hit is None) == (not truth)
+        assert hit is None or hit in truth
+    assert len(index.probes) == 17  # sub-radius 18 // 16 = 1 bit per 16-bit band
+
+
+def test_near_dup_finds_resized_and_recompressed_real_photos(real_images):
+    cfg = CurateConfig()
+    size, radius = cfg.dedup.phash_size, cfg.dedup.phash_radius
+    originals = {name: Image.open(path).convert("RGB") for name, path in real_images.items()}
+    codes = {name: phash_code(image, size) for name, image in originals.items()}
+    for name, image in originals.items():
+        for scale, quality in ((0.5, 85), (0.33, 40), (0.25, 20), (0.7, 10)):
+            small = image.resize(
+                (max(32, int(image.width * scale)), max(32, int(image.height * scale))),
+                Image.BILINEAR,
+            )
+            copy = Image.open(io.BytesIO(encode(small, "JPEG", quality=quality)))
+            distance = (phash_code(copy, size) ^ codes[name]).bit_count()
+            assert distance <= radius, (name, scale, quality, distance)
+    names = sorted(codes)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert (codes[a] ^ codes[b]).bit_count() > radius, (a, b)
+    # The look-alike pair that a 64-bit hash merges is kept apart by the 256-bit one.
+    assert (codes["img_pair_1.jpg"] ^ codes["img_pair_2.jpg"]).bit_count() > 2 * radius
+
+
+def test_global_dedup_orders_exact_image_and_text(real_images):
+    cfg = CurateConfig()
+    photo = real_images["img2.jpg"].read_bytes()
+    decode = Decode(cfg.filters)
+    texts = [
+        "A city street with tall buildings and many people walking to work in the morning.",
+        "A city street with tall buildings and many people walking to work in the morning.",
+        "A city street with tall buildings and many people walking to work in the morning!",
+        "An entirely different description about mountains lakes and quiet forests at dusk.",
+    ]
+    medias = [photo, photo, encode(noise_image(1, 96, 96)), encode(noise_image(2, 96, 96))]
+    other = Image.open(io.BytesIO(photo)).resize((320, 240))
+    medias.append(encode(other, "JPEG", quality=50))
+    texts.append(
+        "A totally unrelated caption so only the picture can match the earlier photo here."
+    )
+    dedup = GlobalDedup(cfg)
+    verdicts = []
+    for i, (media, text) in enumerate(zip(medias, texts)):
+        s = sample(media, text, key=f"s{i}")
+        assert decode(s) is None
+        v = dedup.check(signature(s, cfg))
+        verdicts.append(v.reason if v else None)
+    assert verdicts == [
+        None,
+        "exact_duplicate",
+        "near_duplicate_text",
+        None,
+        "near_duplicate_image",
+    ]
+
+
+def test_synthetic_samples_exempt_from_near_dup_but_not_exact():
+    cfg = CurateConfig()
+    s = sample(encode(noise_image(3, 64, 64)), metadata={"synthetic": True})
+    Decode(cfg.filters)(s)
+    sig = signature(s, cfg)
+    assert sig["phash"] is None and sig["sha"]
+    exempt_off = dataclasses.replace(
+        cfg, dedup=dataclasses.replace(cfg.dedup, exempt_synthetic=False)
+    )
+    assert signature(s, exempt_off)["phash"] is not None
+
+
+def test_mixture_factors_and_deterministic_repeats():
+    cfg = MixtureConfig(weights={"caption": 0.5, "chart": 0.25, "video": 0.25}, max_repeat=3.0)
+    available = {"caption": 1000, "chart": 100, "table": 400}
+    assert target_shares(cfg.weights, available) == {"caption": 2 / 3, "chart": 1 / 3}
+    factors, budget = repeat_factors(cfg, available)
+    assert budget == 1100
+    assert factors["caption"] == pytest.approx(1100 * 2 / 3 / 1000)
+    assert factors["chart"] == 3.0  # capped: 1100/3/100 = 3.67
+    assert factors["table"] == 0.0  # no weight: dropped
+    keys = [f"k{i}" for i in range(4000)]
+    draws = [repeats(0.3, 7, k) for k in keys]
+    assert draws == [repeats(0.3, 7, k) for k in keys]
+    assert abs(np.mean(draws) - 0.3) < 0.03
+    assert {repeats(2.5, 7, k) for k in keys} == {2, 3}
+    budgeted, _ = repeat_factors(dataclasses.replace(cfg, token_budget=550), available)
+    assert budgeted["caption"] == pytest.approx(factors["caption"] / 2)
+
+
+def test_clip_scorer_loads_a_local_tiny_model(tmp_path):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+
+    # No weights can be downloaded here: build a tiny random CLIP and save it like a real one.
+    torch.manual_seed(0)
+    vocab = {
+        w: i
+        for i, w in enumerate(["[PAD]", "[UNK]", "a", "cat", "dog", "photo", "of", "the", "chart"])
+    }
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", model_max_length=16
+    )
+    text = {
+        "vocab_size": len(vocab),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    path = tmp_path / "tiny-clip"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(path)
+
+    scorer = ClipScorer(str(path))
+    images = [noise_image(i, 48, 40) for i in range(6)]
+    texts = ["a photo of a cat", "a dog", "the chart", "a cat", "photo of the dog", "a chart"]
+    scores = scorer.score(images, texts)
+    assert len(scores) == 6 and all(-1.0 <= s <= 1.0 for s in scores)
+    assert scores == ClipScorer(str(path)).score(images, texts)  # deterministic load + eval
+    ranked = sorted(scores)
+    threshold = (ranked[2] + ranked[3]) / 2
+    op = ClipScore(FilterConfig(clip_model=str(path), min_clip_score=threshold), scorer=scorer)
+    verdicts = []
+    for image, text in zip(images, texts):
+        s = sample(b"x", text)
+        s.image = image
+        verdicts.append(op(s))
+        assert s.metadata["clip_score"] == pytest.approx(scores[len(verdicts) - 1], abs=1e-3)
+    assert sum(v is not None and v.reason == "clip_score_low" for v in verdicts) == 3
+    with pytest.raises(ValueError, match="clip_model"):
+        ClipScore(FilterConfig())
