@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "keye_model.serve.cli",
     "keye_model.data.cli",
     "keye_model.eval.cli",
+    "pipelines.cli",
 ]
 
 

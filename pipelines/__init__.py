@@ -1,0 +1,1 @@
+"""KFP pipelines: the Keye recipe wired from components, plus compile/submit/run-local helpers."""

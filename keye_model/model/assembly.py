@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from safetensors.torch import save_file
 
 from keye_model.log import get_logger
 from keye_model.model.configuration import KeyeVLMoeConfig
+from keye_model.stage import StageResult
 
 log = get_logger("init")
 
@@ -353,3 +355,34 @@ def assemble(
         writer.total_bytes / 1e6,
     )
     return report
+
+
+def init_model(
+    preset: str,
+    output: str,
+    vision: str | None = None,
+    lm: str | None = None,
+    seed: int = 0,
+) -> StageResult:
+    """Stage entry: assemble the model into ``output`` (local or s3://) and track it in MLflow."""
+    from keye_model import storage
+    from keye_model.model.params import count_parameters
+    from keye_model.tracking import stage_run
+
+    params = {"preset": preset, "vision": vision or "random", "lm": lm or "random", "seed": seed}
+    with stage_run("init", params) as tracker:
+        local = Path(output) if not storage.is_s3(output) else Path(tempfile.mkdtemp(prefix="keye-init-"))
+        report = assemble(preset, local, vision=vision, lm=lm, seed=seed)
+        if storage.is_s3(output):
+            storage.sync_up(local, output)
+        counts = count_parameters(KeyeVLMoeConfig.from_pretrained(local))
+        metrics = {"params_total": counts.total, "params_active": counts.active, "checkpoint_bytes": report.bytes}
+        tracker.log_metrics(metrics)
+        tracker.log_dict(asdict(report), "init_report.json")
+        return StageResult(
+            stage="init",
+            outputs={"model": output},
+            metrics=metrics,
+            message=f"model {preset} written to {output}: {counts.summary()}",
+            details=asdict(report),
+        )

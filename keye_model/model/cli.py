@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(commands) -> None:
@@ -20,7 +19,7 @@ def register(commands) -> None:
     parser.add_argument(
         "--preset", default="tiny", help="Model preset: tiny | keye-vl-671b-a37b (default: tiny)."
     )
-    parser.add_argument("--output", required=True, help="Directory to write the model into.")
+    parser.add_argument("--output", required=True, help="Directory (or s3:// prefix) to write the model into.")
     parser.add_argument("--vision", help="Vision checkpoint directory or .safetensors file.")
     parser.add_argument("--lm", help="DeepSeek-V3 checkpoint directory.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random initialisation.")
@@ -28,10 +27,8 @@ def register(commands) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from keye_model.model.assembly import init_model
 
-    from keye_model.model.assembly import assemble
-
-    report = assemble(args.preset, args.output, vision=args.vision, lm=args.lm, seed=args.seed)
-    print(json.dumps(asdict(report), indent=2))
+    result = init_model(args.preset, args.output, vision=args.vision, lm=args.lm, seed=args.seed)
+    print(result.to_json())
     return 0

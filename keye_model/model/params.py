@@ -29,12 +29,19 @@ class ParameterCount:
         return asdict(self)
 
     def summary(self) -> str:
-        b = 1e9
+        mtp = f" (+{_human(self.mtp_layer)} MTP layer, not built)" if self.mtp_layer else ""
         return (
-            f"total {self.total / b:.2f}B (+{self.mtp_layer / b:.2f}B MTP layer not built) | "
-            f"active/token {self.active / b:.2f}B | vision {self.vision / b:.3f}B | "
-            f"projector {self.projector / 1e6:.1f}M | text {self.text / b:.2f}B"
+            f"total {_human(self.total)}{mtp} | active/token {_human(self.active)} | "
+            f"vision {_human(self.vision)} | projector {_human(self.projector)} | text {_human(self.text)}"
         )
+
+
+def _human(n: int) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
 
 
 def _mtp_layer_params(config: KeyeVLMoeConfig, moe_layer_params: int) -> int:
