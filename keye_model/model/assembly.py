@@ -371,12 +371,20 @@ def init_model(
 
     params = {"preset": preset, "vision": vision or "random", "lm": lm or "random", "seed": seed}
     with stage_run("init", params) as tracker:
-        local = Path(output) if not storage.is_s3(output) else Path(tempfile.mkdtemp(prefix="keye-init-"))
+        local = (
+            Path(output)
+            if not storage.is_s3(output)
+            else Path(tempfile.mkdtemp(prefix="keye-init-"))
+        )
         report = assemble(preset, local, vision=vision, lm=lm, seed=seed)
         if storage.is_s3(output):
             storage.sync_up(local, output)
         counts = count_parameters(KeyeVLMoeConfig.from_pretrained(local))
-        metrics = {"params_total": counts.total, "params_active": counts.active, "checkpoint_bytes": report.bytes}
+        metrics = {
+            "params_total": counts.total,
+            "params_active": counts.active,
+            "checkpoint_bytes": report.bytes,
+        }
         tracker.log_metrics(metrics)
         tracker.log_dict(asdict(report), "init_report.json")
         return StageResult(

@@ -19,7 +19,9 @@ def register(commands) -> None:
     parser.add_argument(
         "--preset", default="tiny", help="Model preset: tiny | keye-vl-671b-a37b (default: tiny)."
     )
-    parser.add_argument("--output", required=True, help="Directory (or s3:// prefix) to write the model into.")
+    parser.add_argument(
+        "--output", required=True, help="Directory (or s3:// prefix) to write the model into."
+    )
     parser.add_argument("--vision", help="Vision checkpoint directory or .safetensors file.")
     parser.add_argument("--lm", help="DeepSeek-V3 checkpoint directory.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random initialisation.")

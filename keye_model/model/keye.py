@@ -134,8 +134,14 @@ class KeyeVLMoeForConditionalGeneration(KeyeVLMoePreTrainedModel, GenerationMixi
         video_grid_thw: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        video_num_frames: torch.Tensor | None = None,
+        video_frame_is_fast: torch.Tensor | None = None,
+        video_timestamps: torch.Tensor | None = None,
         **kwargs,
     ) -> KeyeVLMoeOutput:
+        # The video_* metadata the processor returns is already encoded in the prompt (frame markers,
+        # fast/slow pad tokens); it is accepted so ``model(**processor(...))`` works, and not used.
+        del video_num_frames, video_frame_is_fast, video_timestamps
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
             if pixel_values is not None:
