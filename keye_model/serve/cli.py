@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(commands) -> None:
@@ -29,8 +30,14 @@ def register(commands) -> None:
 def _deploy(args: argparse.Namespace) -> int:
     from keye_model.cli import recipe_from_args
     from keye_model.serve.deploy import deploy
+    from keye_model.serve.smoke import SmokeTestError
 
     recipe = recipe_from_args(args)
-    result = deploy(recipe.serve, args.model, args.output)
+    try:
+        result = deploy(recipe.serve, args.model, args.output)
+    except (SmokeTestError, TimeoutError) as err:
+        # The release exists but does not answer: a clear one-line failure, not a traceback.
+        print(f"keye deploy: {err}", file=sys.stderr)
+        return 1
     print(result.to_json())
     return 0

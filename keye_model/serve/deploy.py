@@ -126,15 +126,27 @@ def deploy(
                 if cfg.api_key_secret
                 else None
             )
-            answer = smoke.chat_smoke_test(endpoint, api_key, cfg.smoke_timeout_s)
+            run.set_tags({"endpoint": endpoint})
+            try:
+                answer = smoke.chat_smoke_test(endpoint, api_key, cfg.smoke_timeout_s)
+            except smoke.SmokeTestError as err:
+                run.log_metrics({"deployed": 1.0, "leader_ready_s": ready_s, "smoke_ok": 0.0})
+                hint = (
+                    ""
+                    if cfg.endpoint
+                    else " (outside the cluster, set serve.endpoint, e.g. to a port-forward)"
+                )
+                raise smoke.SmokeTestError(
+                    f"installed, but the smoke test failed{hint}: {err}"
+                ) from err
             log.info("smoke answer in %.2f s: %s", answer.latency_s, answer.answer[:200])
             run.log_text(answer.answer, "deploy/smoke_answer.txt")
-            run.set_tags({"endpoint": endpoint})
             message = f"deployed {cfg.release} to {probe.server} namespace {cfg.namespace}; endpoint {endpoint}"
             metrics = {
                 "deployed": 1.0,
                 "leader_ready_s": ready_s,
                 "smoke_latency_s": answer.latency_s,
+                "smoke_ok": 1.0,
             }
         run.log_metrics(metrics)
         details["mlflow_run_id"] = run.run_id
