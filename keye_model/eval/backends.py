@@ -58,6 +58,12 @@ class PredictionCache:
         self.entries: dict[tuple[str, str, str], str] = {}
         self.dropped_lines = 0
         if self.path.exists():
+            raw = self.path.read_bytes()
+            if raw and not raw.endswith(b"\n"):
+                # Close a line cut by a kill so the next answer starts on its own line; the
+                # partial line stays in the file for inspection and is skipped below.
+                with self.path.open("ab") as f:
+                    f.write(b"\n")
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
                     rec = json.loads(line)
@@ -270,13 +276,17 @@ class OpenAIBackend:
         return out[0]
 
 
-def wait_healthy(endpoint: str, timeout_s: float = 60.0) -> None:
-    """Poll ``{endpoint}/health`` until it answers 200 (server start-up)."""
+def wait_healthy(
+    endpoint: str, timeout_s: float = 60.0, alive: Callable[[], bool] | None = None
+) -> None:
+    """Poll ``{endpoint}/health`` until it answers 200; ``alive`` says whether the server still runs."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"{endpoint}: server exited before becoming healthy")
         try:
             if httpx.get(f"{endpoint.rstrip('/')}/health", timeout=2).status_code == 200:
                 return

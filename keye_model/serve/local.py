@@ -21,6 +21,7 @@ Kubernetes (``keye_model.serve``); this server is its CPU stand-in with the same
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -28,6 +29,11 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# FastAPI resolves the handler's ``Request`` annotation from module globals (annotations are
+# strings here), so these imports live at module level; this module is imported only to serve.
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from keye_model.log import get_logger
 
@@ -99,13 +105,15 @@ class BatchingWorker:
 
 def build_app(generator, model_name: str, max_new_tokens: int = 256, max_batch: int = 8):
     """The FastAPI application serving ``generator`` under the OpenAI chat API."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse
-
-    app = FastAPI(title="keye serve local")
     worker = BatchingWorker(generator, max_batch=max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        worker.stop()
+
+    app = FastAPI(title="keye serve local", lifespan=lifespan)
     app.state.worker = worker
-    app.add_event_handler("shutdown", worker.stop)
 
     @app.get("/health")
     def health() -> dict:

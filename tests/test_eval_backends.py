@@ -1,0 +1,295 @@
+"""Evaluation backends end to end: ``keye serve local`` over HTTP vs in process, cache resume, retries.
+
+A tiny random Keye model is written with ``keye init``'s assembler; greedy decoding makes its
+answers deterministic, so the HTTP path (real uvicorn on 127.0.0.1, concurrency 8) must give
+exactly the in-process predictions. MLflow runs on a sqlite file under tmp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keye_model.eval.backends import (
+    OpenAIBackend,
+    PredictionCache,
+    Request,
+    RequestFailed,
+    wait_healthy,
+)
+from keye_model.eval.config import EvalConfig
+from keye_model.eval.stage import evaluate
+
+BENCHES = ["mmbench_en", "mathvista", "videomme", "mmmu"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("KEYE_HOME", "MLFLOW_TRACKING_URI", "TMPDIR", "KEYE_NO_PROGRESS")
+    }
+    os.environ.update(
+        KEYE_HOME=str(root / "home"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        TMPDIR=str(root),
+        KEYE_NO_PROGRESS="1",
+    )
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def model_dir(env):
+    from keye_model.model.assembly import assemble
+
+    out = env / "tiny-model"
+    assemble("tiny", str(out), seed=0)
+    if not (out / "processor_config.json").is_file():
+        from keye_model.processing import KeyeProcessor, build_tiny_tokenizer
+
+        KeyeProcessor(build_tiny_tokenizer()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(env):
+    from keye_model.eval.synthetic import write_synthetic
+
+    return write_synthetic(env / "data", BENCHES, n=3, seed=900_001)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return EvalConfig(
+        benchmarks=BENCHES, max_new_tokens=8, concurrency=8, batch_size=8, compare_runs=2
+    )
+
+
+@pytest.fixture(scope="module")
+def server(env, model_dir):
+    port = _free_port()
+    log = open(env / "server.log", "w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keye_model.cli",
+            "serve",
+            "local",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--max-batch",
+            "8",
+            "--name",
+            "keye-tiny",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_healthy(url, timeout_s=120, alive=lambda: proc.poll() is None)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}:\n{(env / 'server.log').read_text()[-3000:]}") from err
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _predictions(out: Path) -> dict:
+    return PredictionCache(out / "predictions.jsonl").entries
+
+
+@pytest.fixture(scope="module")
+def in_process_run(env, model_dir, data_dir, cfg):
+    out = env / "out-inproc"
+    result = evaluate(cfg, model=str(model_dir), data=str(data_dir), output=str(out))
+    return out, result
+
+
+def test_http_backend_matches_in_process(env, server, data_dir, cfg, in_process_run):
+    inproc_out, inproc = in_process_run
+    out = env / "out-http"
+    result = evaluate(cfg, endpoint=server, data=str(data_dir), output=str(out))
+    http_preds, local_preds = _predictions(out), _predictions(inproc_out)
+    # 12 MMBench rotations + 3 + 3 + 3 questions, all asked, same keys and the same answers
+    assert len(local_preds) == 21 and result.details["asked"] == 21
+    assert http_preds == local_preds
+    assert result.metrics == inproc.metrics
+    # reports exist and name every benchmark
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report) == sorted(BENCHES)
+    assert "| mmbench_en |" in (out / "report.md").read_text()
+    assert (out / "comparison.png").stat().st_size > 1000
+
+
+def test_server_endpoints_and_clear_errors(server, data_dir):
+    models = httpx.get(f"{server}/v1/models").json()
+    assert models["data"][0]["id"] == "keye-tiny"
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    image = next((data_dir / "mathvista" / "images").iterdir())
+    body = {
+        "model": "keye-tiny",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image.as_uri()}},
+                    {"type": "text", "text": "What is shown?/no_think"},
+                ],
+            }
+        ],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    resp = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=120)
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] <= 4
+    bad = dict(
+        body,
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "file:///nope.png"}}],
+            }
+        ],
+    )
+    resp = httpx.post(f"{server}/v1/chat/completions", json=bad, timeout=60)
+    assert resp.status_code == 400 and "nope.png" in resp.json()["detail"]
+    resp = httpx.post(f"{server}/v1/chat/completions", json=dict(body, temperature=0.7), timeout=60)
+    assert resp.status_code == 400 and "temperature" in resp.json()["detail"]
+
+
+class CountingBackend:
+    """A real backend wrapped to count (and optionally stop after) the answers it gives."""
+
+    def __init__(self, inner, stop_after: int | None = None):
+        self.inner, self.stop_after, self.calls = inner, stop_after, 0
+
+    def run(self, requests, on_result):
+        def counted(request, text):
+            if self.stop_after is not None and self.calls >= self.stop_after:
+                raise KeyboardInterrupt("simulated kill")
+            self.calls += 1
+            on_result(request, text)
+
+        self.inner.run(requests, counted)
+
+
+def test_killed_evaluation_resumes_from_cache(env, model_dir, data_dir, cfg, in_process_run):
+    from keye_model.eval.backends import InProcessBackend
+
+    inner = InProcessBackend(model_dir, batch_size=cfg.batch_size)
+    out = env / "out-resume"
+    first = CountingBackend(inner, stop_after=9)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, data=str(data_dir), output=str(out), backend=first)
+    assert len(PredictionCache(out / "predictions.jsonl")) == 9
+    # a kill can leave half a line; that answer is simply asked again
+    with (out / "predictions.jsonl").open("a") as f:
+        f.write('{"benchmark": "mathvista", "ind')
+    assert PredictionCache(out / "predictions.jsonl").dropped_lines == 1
+    second = CountingBackend(inner)
+    result = evaluate(cfg, data=str(data_dir), output=str(out), backend=second)
+    assert second.calls == 21 - 9
+    assert result.details["cached"] == 9
+    # resumed predictions equal an uninterrupted run's
+    assert _predictions(out) == _predictions(in_process_run[0])
+    # a third run asks nothing at all
+    third = CountingBackend(inner)
+    evaluate(cfg, data=str(data_dir), output=str(out), backend=third)
+    assert third.calls == 0
+
+
+def test_bad_input_fails_before_model_work(env, data_dir, cfg):
+    with pytest.raises(ValueError, match="exactly one of --model"):
+        evaluate(cfg, data=str(data_dir), output=str(env / "x"))
+    with pytest.raises(ValueError, match="unknown"):
+        evaluate(
+            dataclasses.replace(cfg, benchmarks=["mmbench_xx"]),
+            model="/nonexistent",
+            output=str(env / "x"),
+        )
+    broken = env / "broken"
+    (broken / "mathvista").mkdir(parents=True)
+    (broken / "mathvista" / "testmini.json").write_text(
+        json.dumps({"1": {"question": "q", "answer": "1"}})
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"testmini.json: record 0 .* lacks field\(s\) \['question_type', 'answer_type'\]",
+    ):
+        evaluate(
+            dataclasses.replace(cfg, benchmarks=["mathvista"]),
+            model="/nonexistent",
+            data=str(broken),
+            output=str(env / "x"),
+        )
+
+
+def test_openai_client_retries_with_backoff_then_gives_up():
+    """A real flaky HTTP server on 127.0.0.1: 503 twice, then a completion."""
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app, hits = FastAPI(), {"n": 0}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict):
+        hits["n"] += 1
+        if body["messages"][0]["content"] == "always-fail" or hits["n"] <= 2:
+            return JSONResponse({"error": "busy"}, status_code=503)
+        return {"choices": [{"message": {"role": "assistant", "content": "B"}}]}
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client = OpenAIBackend(
+            f"http://127.0.0.1:{port}", model="m", retries=3, backoff_base_s=0.01
+        )
+        assert client.complete("hello") == "B"
+        assert client.calls == 3  # two 503s, then success
+        client = OpenAIBackend(
+            f"http://127.0.0.1:{port}", model="m", retries=2, backoff_base_s=0.01
+        )
+        req = Request("b", "1", "h", [{"role": "user", "content": "always-fail"}], 4)
+        with pytest.raises(RequestFailed, match="after 3 attempt"):
+            client.run([req], lambda r, t: None)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
