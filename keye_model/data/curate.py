@@ -333,15 +333,17 @@ class _ShardWriter:
 
 
 def _pool_map(fn: Callable, tasks: list[tuple], workers: int, desc: str) -> list:
-    """Run ``fn(*task)`` for each task, in-process or across spawned worker processes."""
+    """Run ``fn(*task)`` for each task, in-process or across forked worker processes."""
     if workers <= 1 or len(tasks) <= 1:
         return [fn(*task) for task in progress(tasks, desc=desc, total=len(tasks))]
     import multiprocessing
 
-    # spawn: workers must not inherit locks/threads of MLflow or torch from the parent.
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn")
-    ) as pool:
+    # fork: children inherit the imported modules and the warmed-up operators (langid model,
+    # tokenizer), where spawn would re-import torch/transformers (seconds) in every worker. Safe
+    # here because no MLflow run or torch thread pool is active while workers run (see curate()).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
         futures = [pool.submit(fn, *task) for task in tasks]
         return [f.result() for f in progress(futures, desc=desc, total=len(futures))]
 
@@ -429,43 +431,45 @@ def curate(
     )
     if pending:
         tokenizer_json = _tokenizer_json(cfg)
-        _pool_map(
-            scan_unit, [(u, cfg_json, tokenizer_json, work) for u in pending], workers, "scan"
-        )
+        _scanner(cfg_json, tokenizer_json)  # build once here; forked workers inherit it
+        tasks = [(u, cfg_json, tokenizer_json, work) for u in pending]
+        _pool_map(scan_unit, tasks, workers, "scan")
     if shard_index is not None:
         return StageResult(
             stage=STAGE,
             outputs={"work": work},
             metrics={"units_scanned": float(len(pending)), "elapsed_s": time.time() - started},
-            message=f"scanned shard {shard_index}/{num_shards}: {len(mine)} units; run once more without --shard-index to finish",
+            message=f"scanned shard {shard_index}/{num_shards}: {len(mine)} units; "
+            "run once more without --shard-index to finish",
         )
     missing = [u.name for u in units if not _done(storage.join(work, "scan", f"{u.name}.done"))]
     if missing:
         raise RuntimeError(f"units {missing[:5]} were not scanned")
 
+    drops, available, dedup_reasons, side_hist = _dedup_pass(cfg, units, work)
+    factors, budget = repeat_factors(cfg.mixture, available)
+    log.info(
+        "dedup dropped %d; repeat factors %s",
+        sum(dedup_reasons.values()),
+        {c: round(f, 3) for c, f in factors.items()},
+    )
+    write_pending = [u for u in units if not _done(storage.join(work, "write", f"{u.name}.done"))]
+    log.info("write: %d units (%d already done)", len(units), len(units) - len(write_pending))
+    tasks = [(u, cfg_json, work, output, drops[u.name], factors) for u in write_pending]
+    _pool_map(write_unit, tasks, workers, "write")
+    manifest = build_manifest(cfg, units, inputs, work, available, factors, budget, side_hist)
+    storage.write_text(
+        storage.join(output, "manifest.json"), json.dumps(manifest, indent=2, sort_keys=True)
+    )
+
+    # The MLflow run opens only now, after every worker has exited (workers are forked).
     from keye_model.tracking import stage_run
 
     with stage_run(STAGE, cfg) as tracker:
-        drops, available, dedup_reasons, side_hist = _dedup_pass(cfg, units, work)
-        factors, budget = repeat_factors(cfg.mixture, available)
-        log.info(
-            "dedup dropped %d; repeat factors %s",
-            sum(dedup_reasons.values()),
-            {c: round(f, 3) for c, f in factors.items()},
-        )
-        write_pending = [
-            u for u in units if not _done(storage.join(work, "write", f"{u.name}.done"))
-        ]
-        log.info("write: %d units (%d already done)", len(units), len(units) - len(write_pending))
-        tasks = [(u, cfg_json, work, output, drops[u.name], factors) for u in write_pending]
-        _pool_map(write_unit, tasks, workers, "write")
-        manifest = build_manifest(cfg, units, inputs, work, available, factors, budget, side_hist)
-        storage.write_text(
-            storage.join(output, "manifest.json"), json.dumps(manifest, indent=2, sort_keys=True)
-        )
         _log_to_mlflow(tracker, manifest)
-        if not cfg.keep_work:
-            _remove_work(work)
+        tracker.log_metrics({"elapsed_s": time.time() - started})
+    if not cfg.keep_work:
+        _remove_work(work)
     counts = manifest["counts"]
     metrics = {f"{k}_samples": float(v) for k, v in counts.items()}
     metrics.update(
