@@ -1,8 +1,12 @@
-"""The Keye-VL model: configs, KeyeViT, the mlp_AR projector and the composite LM."""
+"""The Keye-VL model: configs, KeyeViT, the mlp_AR projector and the composite LM.
 
-from keye_model.model.configuration import KeyeVisionConfig, KeyeVLMoeConfig
-from keye_model.model.keye import KeyeVLMoeForConditionalGeneration
-from keye_model.model.vision import KeyeVisionModel
+Names load lazily (``keye init --help`` needs none of them). Loading any of them imports
+``keye_model.model.keye``, which registers the Keye classes with transformers' Auto classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "KeyeVisionConfig",
@@ -12,21 +16,9 @@ __all__ = [
 ]
 
 
-def _register_auto_classes() -> None:
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-    )
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from keye_model.model import keye
 
-    AutoConfig.register(KeyeVisionConfig.model_type, KeyeVisionConfig, exist_ok=True)
-    AutoConfig.register(KeyeVLMoeConfig.model_type, KeyeVLMoeConfig, exist_ok=True)
-    AutoModel.register(KeyeVisionConfig, KeyeVisionModel, exist_ok=True)
-    AutoModelForImageTextToText.register(
-        KeyeVLMoeConfig, KeyeVLMoeForConditionalGeneration, exist_ok=True
-    )
-    AutoModelForCausalLM.register(KeyeVLMoeConfig, KeyeVLMoeForConditionalGeneration, exist_ok=True)
-
-
-_register_auto_classes()
+        return getattr(keye, name)
+    raise AttributeError(f"module 'keye_model.model' has no attribute {name!r}")

@@ -21,9 +21,16 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
     DeepseekV3TopkRouter,
 )
 
-from keye_model.model.configuration import KeyeVLMoeConfig
+from keye_model.model.configuration import KeyeVisionConfig, KeyeVLMoeConfig
 from keye_model.model.projector import KeyeProjector
 from keye_model.model.vision import KeyeVisionModel
+
+__all__ = [
+    "KeyeVisionConfig",
+    "KeyeVLMoeConfig",
+    "KeyeVLMoeForConditionalGeneration",
+    "KeyeVisionModel",
+]
 
 
 @dataclass
@@ -181,3 +188,24 @@ class KeyeVLMoeForConditionalGeneration(KeyeVLMoePreTrainedModel, GenerationMixi
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
             )
         return KeyeVLMoeOutput(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+
+def _register_auto_classes() -> None:
+    """Make ``Auto*.from_pretrained`` resolve ``model_type`` keye_vl_moe / keye_vit to our classes."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+    )
+
+    AutoConfig.register(KeyeVisionConfig.model_type, KeyeVisionConfig, exist_ok=True)
+    AutoConfig.register(KeyeVLMoeConfig.model_type, KeyeVLMoeConfig, exist_ok=True)
+    AutoModel.register(KeyeVisionConfig, KeyeVisionModel, exist_ok=True)
+    AutoModelForImageTextToText.register(
+        KeyeVLMoeConfig, KeyeVLMoeForConditionalGeneration, exist_ok=True
+    )
+    AutoModelForCausalLM.register(KeyeVLMoeConfig, KeyeVLMoeForConditionalGeneration, exist_ok=True)
+
+
+_register_auto_classes()
