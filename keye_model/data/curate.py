@@ -32,12 +32,13 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,16 +100,17 @@ def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """Write records one JSON object per line (sorted keys: stable bytes)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def read_jsonl(uri: str) -> list[dict]:
-    """All records of a JSONL file."""
-    return [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+def iter_jsonl(uri: str, scratch: Path) -> Iterator[dict]:
+    """Stream the records of a JSONL file (S3 files are downloaded to ``scratch`` first)."""
+    path = (
+        storage.download(uri, scratch / "stream.jsonl")
+        if storage.is_s3(uri)
+        else storage.local_path(uri)
+    )
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
 
 
 def _sleep_hook() -> None:
@@ -172,11 +174,19 @@ def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> 
         "rejected_by_category": Counter(),
         "input_by_category": Counter(),
     }
-    rejected, sigs = [], []
-    with (
-        staged(base + ".tar", scratch) as tar_path,
-        tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as archive,
-    ):
+    # Every output is written as samples stream by: memory does not grow with the unit's size.
+    with ExitStack() as stack:
+        archive = stack.enter_context(
+            tarfile.open(
+                stack.enter_context(staged(base + ".tar", scratch)), "w", format=tarfile.PAX_FORMAT
+            )
+        )
+        sigs = stack.enter_context(
+            open(stack.enter_context(staged(base + ".sig.jsonl", scratch)), "w")
+        )
+        rejected = stack.enter_context(
+            open(stack.enter_context(staged(base + ".rejected.jsonl", scratch)), "w")
+        )
         for item in read_unit(unit, cfg, scratch):
             counts["input"] += 1
             counts["by_source"][item.source] += 1
@@ -190,21 +200,17 @@ def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> 
             if isinstance(verdict, Rejection):
                 counts["reasons"][verdict.reason] += 1
                 counts["rejected_by_category"][category] += 1
-                rejected.append(
-                    encode_rejected(
-                        item.key, item.source, category, verdict, raw, cfg.rejected_bytes_max
-                    )
+                record = encode_rejected(
+                    item.key, item.source, category, verdict, raw, cfg.rejected_bytes_max
                 )
+                rejected.write(json.dumps(record, sort_keys=True) + "\n")
                 continue
             item.image = None  # release the decoded pixels before the next sample
             counts["passed"] += 1
-            sigs.append(verdict)
+            sigs.write(json.dumps(verdict, sort_keys=True) + "\n")
             for name, data in item.members():
                 add_member(archive, name, data)
-    with staged(base + ".sig.jsonl", scratch) as path:
-        write_jsonl(path, sigs)
-    with staged(base + ".rejected.jsonl", scratch) as path:
-        write_jsonl(path, rejected)
+    shutil.rmtree(scratch, ignore_errors=True)
     summary = {k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()}
     storage.write_text(base + ".done", json.dumps(summary, sort_keys=True))
     _sleep_hook()
@@ -227,7 +233,7 @@ def write_unit(
     cfg = from_dict(CurateConfig, json.loads(cfg_json))
     scratch = scratch_dir()
     base = storage.join(work, "scan", unit.name)
-    rejected = read_jsonl(base + ".rejected.jsonl")
+    scan_rejected = storage.download(base + ".rejected.jsonl", scratch / "scan-rejected.jsonl")
     staging = (
         storage.download(base + ".tar", scratch / "staging.tar")
         if storage.is_s3(base)
@@ -238,49 +244,52 @@ def write_unit(
     reasons: Counter = Counter()
     shards: list[str] = []
     writer = _ShardWriter(output, unit, cfg.shard_size, scratch, shards)
-    for key, members in iter_tar_groups(staging):
-        sample = Sample.from_members(key, members)
-        stats = by_category[sample.category]
-        if key in drops:
-            reason, detail = drops[key]
-            n = 0
-        else:
-            n = repeats(factors.get(sample.category, 0.0), cfg.seed, key)
-            reason, detail = (
-                "mixture_downsample",
-                f"category {sample.category!r} repeat factor {factors.get(sample.category, 0.0):.3f}",
-            )
-        if n == 0:
-            reasons[reason] += 1
-            stats["rejected"] += 1
-            rejected.append(
-                encode_rejected(
+    with (
+        staged(storage.join(output, "rejected", f"{unit.name}.jsonl"), scratch) as rejected_path,
+        open(rejected_path, "w") as rejected,
+    ):
+        with open(scan_rejected) as earlier:  # scan-phase rejections first, in input order
+            shutil.copyfileobj(earlier, rejected)
+        for key, members in iter_tar_groups(staging):
+            sample = Sample.from_members(key, members)
+            stats = by_category[sample.category]
+            factor = factors.get(sample.category, 0.0)
+            if key in drops:
+                (reason, detail), n = drops[key], 0
+            else:
+                n = repeats(factor, cfg.seed, key)
+                reason, detail = (
+                    "mixture_downsample",
+                    f"category {sample.category!r} repeat factor {factor:.3f}",
+                )
+            if n == 0:
+                reasons[reason] += 1
+                stats["rejected"] += 1
+                rejection = Rejection(reason, detail)
+                record = encode_rejected(
                     key,
                     sample.source,
                     sample.category,
-                    Rejection(reason, detail),
+                    rejection,
                     sample.media or b"",
                     cfg.rejected_bytes_max,
                 )
-            )
-            continue
-        stats["kept"] += 1
-        by_source[sample.source] += 1
-        for j in range(n):
-            copy = (
-                sample
-                if j == 0
-                else dataclasses.replace(
-                    sample, key=f"{key}_r{j}", metadata={**sample.metadata, "repeat_of": key}
+                rejected.write(json.dumps(record, sort_keys=True) + "\n")
+                continue
+            stats["kept"] += 1
+            by_source[sample.source] += 1
+            for j in range(n):
+                repeat_meta = {**sample.metadata, "repeat_of": key}
+                writer.add(
+                    sample
+                    if j == 0
+                    else dataclasses.replace(sample, key=f"{key}_r{j}", metadata=repeat_meta)
                 )
-            )
-            writer.add(copy)
-            stats["emitted"] += 1
-            stats["text_tokens"] += sample.text_tokens
-            stats["image_tokens"] += sample.image_tokens
-    writer.close()
-    with staged(storage.join(output, "rejected", f"{unit.name}.jsonl"), scratch) as path:
-        write_jsonl(path, rejected)
+                stats["emitted"] += 1
+                stats["text_tokens"] += sample.text_tokens
+                stats["image_tokens"] += sample.image_tokens
+        writer.close()
+    shutil.rmtree(scratch, ignore_errors=True)
     summary = {
         "shards": shards,
         "kept_by_source": dict(by_source),
@@ -384,9 +393,10 @@ def _dedup_pass(
     available: Counter = Counter()
     reasons: Counter = Counter()
     hist = np.zeros(len(SIDE_BINS) - 1, dtype=np.int64)
+    scratch = scratch_dir()
     for unit in progress(units, desc="dedup", total=len(units)):
         unit_drops: dict[str, list[str]] = {}
-        for sig in read_jsonl(storage.join(work, "scan", f"{unit.name}.sig.jsonl")):
+        for sig in iter_jsonl(storage.join(work, "scan", f"{unit.name}.sig.jsonl"), scratch):
             rejection = dedup.check(sig)
             if rejection is not None:
                 unit_drops[sig["key"]] = [rejection.reason, rejection.detail]
@@ -394,11 +404,10 @@ def _dedup_pass(
                 continue
             available[sig["category"]] += sig["text_tokens"] + sig["image_tokens"]
             if sig["width"]:
-                side = max(sig["width"], sig["height"])
-                hist += np.histogram(
-                    [min(max(side, SIDE_BINS[0]), SIDE_BINS[-1] - 1)], bins=SIDE_BINS
-                )[0]
+                side = min(max(sig["width"], sig["height"]), SIDE_BINS[-1] - 1)
+                hist[max(0, int(np.searchsorted(SIDE_BINS, side, side="right")) - 1)] += 1
         drops[unit.name] = unit_drops
+    shutil.rmtree(scratch, ignore_errors=True)
     return drops, dict(available), dict(reasons), hist.tolist()
 
 
@@ -453,6 +462,7 @@ def curate(
         sum(dedup_reasons.values()),
         {c: round(f, 3) for c, f in factors.items()},
     )
+    _clean_partials(output)
     write_pending = [u for u in units if not _done(storage.join(work, "write", f"{u.name}.done"))]
     log.info("write: %d units (%d already done)", len(units), len(units) - len(write_pending))
     tasks = [(u, cfg_json, work, output, drops[u.name], factors) for u in write_pending]
@@ -581,6 +591,15 @@ def _log_to_mlflow(tracker: Any, manifest: dict) -> None:
     tracker.log_dict(manifest, "curate/manifest.json")
     for name, figure in stats_figures(manifest).items():
         tracker.log_figure(figure, f"curate/{name}.png")
+
+
+def _clean_partials(output: str) -> None:
+    """Delete temp files a killed run left in shards/ and rejected/ (local; S3 uploads are atomic)."""
+    if storage.is_s3(output):
+        return
+    for sub in ("shards", "rejected"):
+        for tmp in storage.local_path(output).joinpath(sub).glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
 
 
 def _remove_work(work: str) -> None:
