@@ -249,6 +249,8 @@ def test_kill_and_resume_reproduces_uninterrupted_output(tmp_path):
     }
     assert finished and len(scanned) == 7
 
+    stale = out / "shards" / ".00006-000.tar.tmp99999"  # what a kill mid-write leaves behind
+    stale.write_bytes(b"partial")
     env.pop("KEYE_CURATE_UNIT_DELAY_S")
     resumed = _cli(
         ["--preset", "tiny", "--output", str(out), *sets],
@@ -259,6 +261,7 @@ def test_kill_and_resume_reproduces_uninterrupted_output(tmp_path):
     stdout, stderr = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, stderr.decode()[-3000:]
     assert f"write: 7 units ({len(done)} already done)" in stderr.decode()
+    assert not stale.exists()
     for path, stat in {**finished, **scanned}.items():
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == stat, f"{path} was redone"
 
