@@ -226,8 +226,11 @@ def test_killed_evaluation_resumes_from_cache(env, model_dir, data_dir, cfg, in_
     assert _predictions(out) == _predictions(in_process_run[0])
     # a third run asks nothing at all
     third = CountingBackend(inner)
-    evaluate(cfg, data=str(data_dir), output=str(out), backend=third)
+    again = evaluate(cfg, data=str(data_dir), output=str(out), backend=third)
     assert third.calls == 0
+    # the comparison plot draws the earlier finished run (the killed one is not FINISHED)
+    assert len(again.details["compared_runs"]) == 1
+    assert again.metrics == result.metrics
 
 
 def test_bad_input_fails_before_model_work(env, data_dir, cfg):

@@ -233,5 +233,6 @@ def evaluate(
             "asked": len(todo),
             "cached": total - len(todo),
             "seed": cfg.seed,
+            "compared_runs": [name for name, _ in earlier],
         },
     )

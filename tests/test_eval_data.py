@@ -1,0 +1,187 @@
+"""Released-file loading, official prompts and the S3 path of the evaluation stage.
+
+Files are written here in their released formats (VLMEvalKit TSV with image back-references,
+MMMU parquet with HF image dicts, MathVista's pid -> record JSON); S3 is a real moto server on
+127.0.0.1 and the model a tiny random one run in process.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import uuid
+
+import pytest
+from PIL import Image
+
+from keye_model import storage
+from keye_model.eval.benchmarks import get_benchmark, load_benchmark, prompt_hash, to_messages
+from keye_model.eval.config import EvalConfig
+from keye_model.eval.scoring import score
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_vlmeval_tsv_resolves_image_references_and_builds_official_prompt(tmp_path):
+    folder = tmp_path / "mmbench_en"
+    folder.mkdir()
+    image = base64.b64encode(_png((0, 0, 255))).decode()
+    rows = [
+        {
+            "index": "3",
+            "question": "What colour?",
+            "hint": "Look closely",
+            "A": "red",
+            "B": "blue",
+            "C": "",
+            "D": "",
+            "answer": "B",
+            "category": "color",
+            "l2-category": "perception",
+            "split": "dev",
+            "image": image,
+        },
+        # the circular copy refers to the original row's image by index, as VLMEvalKit stores it
+        {
+            "index": "1000003",
+            "question": "What colour?",
+            "hint": "Look closely",
+            "A": "blue",
+            "B": "red",
+            "C": "",
+            "D": "",
+            "answer": "A",
+            "category": "color",
+            "l2-category": "perception",
+            "split": "dev",
+            "image": "3",
+        },
+    ]
+    with (folder / "MMBench_DEV_EN.tsv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    records, media = load_benchmark(tmp_path, "mmbench_en")
+    assert records[1]["image"] == image
+    prompt = get_benchmark("mmbench_en").build(records[1], media)
+    assert prompt.text == (
+        "Hint: Look closely\nQuestion: What colour?\nOptions:\nA. blue\nB. red\n"
+        "Please select the correct answer from the options above. \n"
+    )
+    assert prompt.images[0].startswith(b"\x89PNG")
+    think, no_think = to_messages(prompt, "/think"), to_messages(prompt, "/no_think")
+    assert think[0]["content"][-1]["text"].endswith("above. \n/think")
+    assert think[0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert prompt_hash(think, 8) != prompt_hash(no_think, 8) != prompt_hash(no_think, 9)
+    # both rotations right -> the question counts
+    assert score("mmbench_en", records, ["B", "A"])["overall"] == 1.0
+
+
+def test_mmmu_parquet_with_hf_image_dicts(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "mmmu"
+    folder.mkdir()
+    table = pa.Table.from_pylist(
+        [
+            {
+                "id": "validation_Art_1",
+                "question": "Which colour is <image 1>?",
+                "options": "['red', 'green']",
+                "answer": "B",
+                "question_type": "multiple-choice",
+                "image_1": {"bytes": _png((0, 255, 0)), "path": "a.png"},
+                "image_2": None,
+            },
+        ]
+    )
+    pq.write_table(table, folder / "validation-00000-of-00001.parquet")
+    records, media = load_benchmark(tmp_path, "mmmu")
+    prompt = get_benchmark("mmmu").build(records[0], media)
+    assert prompt.text == (
+        "Which colour is <image 1>?\n\n(A) red\n(B) green\n\nAnswer with the option's letter from the given choices directly."
+    )
+    assert len(prompt.images) == 1
+
+
+def test_mathvista_pid_keys_and_missing_media_is_a_clear_error(tmp_path):
+    folder = tmp_path / "mathvista"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "7.png").write_bytes(_png((1, 2, 3)))
+    data = {
+        "7": {
+            "question": "q",
+            "image": "images/7.png",
+            "answer": "3",
+            "question_type": "free_form",
+            "answer_type": "integer",
+            "query": "Hint: integer\nQuestion: q",
+            "precision": None,
+            "choices": None,
+        },
+        "8": {
+            "question": "q",
+            "image": "images/8.png",
+            "answer": "3",
+            "question_type": "free_form",
+            "answer_type": "integer",
+            "query": "Q",
+            "precision": None,
+            "choices": None,
+        },
+    }
+    (folder / "testmini.json").write_text(json.dumps(data))
+    records, media = load_benchmark(tmp_path, "mathvista")
+    assert [r["pid"] for r in records] == ["7", "8"]
+    assert get_benchmark("mathvista").build(records[0], media).text == "Hint: integer\nQuestion: q"
+    with pytest.raises(ValueError, match="pid 8"):
+        get_benchmark("mathvista").build(records[1], media)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"bench-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}"
+    server.stop()
+
+
+def test_evaluate_reads_released_files_from_s3_and_resumes_from_s3_cache(tmp_path, s3):
+    from keye_model.eval.stage import evaluate
+    from keye_model.eval.synthetic import write_synthetic
+    from keye_model.model.assembly import assemble
+    from keye_model.processing import KeyeProcessor, build_tiny_tokenizer
+
+    model = tmp_path / "model"
+    assemble("tiny", str(model), seed=0)
+    if not (model / "processor_config.json").is_file():
+        KeyeProcessor(build_tiny_tokenizer()).save_pretrained(model)
+    local = write_synthetic(tmp_path / "data", ["visulogic"], n=3, seed=900_001)
+    storage.sync_up(local, f"{s3}/benchmarks")
+    cfg = EvalConfig(benchmarks=["visulogic"], max_new_tokens=4, thinking="think")
+    first = evaluate(cfg, model=str(model), data=f"{s3}/benchmarks", output=f"{s3}/runs/eval")
+    assert first.details["asked"] == 3
+    report = json.loads(storage.read_text(f"{s3}/runs/eval/report.json"))
+    assert report["visulogic"]["published_671b"] == 35.4
+    assert storage.exists(f"{s3}/runs/eval/results/visulogic.json")
+    assert len(storage.read_text(f"{s3}/runs/eval/predictions.jsonl").splitlines()) == 3
+    # a new process with the same output asks nothing: the cache comes back from S3
+    second = evaluate(cfg, model=str(model), data=f"{s3}/benchmarks", output=f"{s3}/runs/eval")
+    assert second.details == {**second.details, "asked": 0, "cached": 3}
+    assert second.metrics == first.metrics
