@@ -15,7 +15,7 @@ from typing import Any
 
 from keye_model.config_utils import apply_overrides, field, to_dict
 from keye_model.data.config import CurateConfig
-from keye_model.eval.config import EvalConfig
+from keye_model.eval.config import ALL_BENCHMARKS, EvalConfig
 from keye_model.serve.config import ServeConfig
 
 
@@ -61,6 +61,11 @@ def keye_vl_671b_a37b() -> Recipe:
         model="keye-vl-671b-a37b",
         curate=dataclasses.replace(
             CurateConfig(), num_synthetic=1_000_000, shard_size=10_000, synthetic_max_side=1024, num_workers=0
+        ),
+        # All ten benchmarks against the SGLang endpoint; thinking mode and budget are inferred
+        # (the report does not state them per benchmark).
+        evaluate=dataclasses.replace(
+            EvalConfig(), benchmarks=list(ALL_BENCHMARKS), thinking="think", max_new_tokens=32768, concurrency=64, timeout_s=3600.0
         ),
     )
 

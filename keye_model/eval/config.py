@@ -6,6 +6,21 @@ from dataclasses import dataclass
 
 from keye_model.config_utils import field
 
+# Every benchmark of the recipe (REFERENCE §2.8), in the order the report lists them.
+ALL_BENCHMARKS = (
+    "mmbench_en",
+    "mmbench_cn",
+    "mmmu",
+    "mmstar",
+    "realworldqa",
+    "mathvista",
+    "visulogic",
+    "olympiadbench",
+    "mmvu",
+    "longvideobench",
+    "videomme",
+)
+
 
 @dataclass
 class EvalConfig:
