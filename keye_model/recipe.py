@@ -65,7 +65,12 @@ def keye_vl_671b_a37b() -> Recipe:
         # All ten benchmarks against the SGLang endpoint; thinking mode and budget are inferred
         # (the report does not state them per benchmark).
         evaluate=dataclasses.replace(
-            EvalConfig(), benchmarks=list(ALL_BENCHMARKS), thinking="think", max_new_tokens=32768, concurrency=64, timeout_s=3600.0
+            EvalConfig(),
+            benchmarks=list(ALL_BENCHMARKS),
+            thinking="think",
+            max_new_tokens=32768,
+            concurrency=64,
+            timeout_s=3600.0,
         ),
     )
 
