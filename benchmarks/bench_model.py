@@ -26,7 +26,7 @@ def proxy_100m() -> KeyeVLMoeConfig:
     """~100M parameters: the tiny structure at width 512 with 16 experts."""
     config = KeyeVLMoeConfig.from_preset("tiny")
     text = config.text_config
-    text.hidden_size, text.intermediate_size, text.moe_intermediate_size = 512, 1536, 384
+    text.hidden_size, text.intermediate_size, text.moe_intermediate_size = 512, 1536, 512
     text.num_hidden_layers, text.first_k_dense_replace = 8, 1
     text.num_attention_heads = text.num_key_value_heads = 8
     text.q_lora_rank, text.kv_lora_rank = 256, 128
