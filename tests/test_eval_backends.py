@@ -296,3 +296,36 @@ def test_openai_client_retries_with_backoff_then_gives_up():
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_llm_judge_goes_through_the_same_client(env, server, model_dir, data_dir, cfg):
+    # The served tiny model acts as judge: its answers never name an option, so MathVista's
+    # rule-branch items go to the judge and come back as its (normalised) text.
+    judged_cfg = dataclasses.replace(
+        cfg, benchmarks=["mathvista"], judge_endpoint=server, judge_max_new_tokens=4, limit=3
+    )
+    result = evaluate(
+        judged_cfg, model=str(model_dir), data=str(data_dir), output=str(env / "out-judge")
+    )
+    items = json.loads((env / "out-judge" / "results" / "mathvista.json").read_text())["items"]
+    assert any(item["branch"] == "judge" for item in items)
+    assert 0.0 <= result.metrics["mathvista/overall"] <= 1.0
+
+
+def test_cli_requires_data_for_the_671b_preset(tmp_path, capsys):
+    from keye_model.cli import main
+
+    code = main(
+        [
+            "stage",
+            "evaluate",
+            "--preset",
+            "keye-vl-671b-a37b",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2
+    assert "--data is required for preset 'keye-vl-671b-a37b'" in capsys.readouterr().err

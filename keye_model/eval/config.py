@@ -63,6 +63,7 @@ class EvalConfig:
         help="OpenAI-compatible endpoint of an optional LLM judge (VLMEvalKit/MathVista/MMVU fallbacks).",
     )
     judge_model: str = field("", help="Model name at the judge endpoint (default: first listed).")
+    judge_max_new_tokens: int = field(256, help="Completion budget of one judge request.")
     synthetic_size: int = field(
         24, help="Questions per held-out synthetic benchmark when no --data is given."
     )

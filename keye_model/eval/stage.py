@@ -13,6 +13,7 @@ the report and the plot to MLflow.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def evaluate(
         judge_client = OpenAIBackend(
             cfg.judge_endpoint, model=cfg.judge_model or None, concurrency=1
         )
-        judge = judge_client.complete
+        judge = functools.partial(judge_client.complete, max_new_tokens=cfg.judge_max_new_tokens)
 
     with stage_run("evaluate", cfg) as tracker:
         tracker.set_tags(
