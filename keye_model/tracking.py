@@ -47,6 +47,28 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
+def local_artifact_root(uri: str) -> str | None:
+    """Artifact root beside a local sqlite store (MLflow would default to ``./mlruns`` in the cwd)."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides where artifacts go
+    db = Path(uri[len("sqlite:///") :])
+    return (db.parent / "mlartifacts").absolute().as_uri()
+
+
+def _use_experiment(name: str) -> None:
+    """Select (creating if needed) the experiment, with local artifacts next to a sqlite store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri()))
+        except MlflowException:
+            pass  # another pipeline step created it first
+    mlflow.set_experiment(name)
+
+
 class StageTracker:
     """Thin handle on the active MLflow run of one stage."""
 
@@ -113,9 +135,7 @@ def stage_run(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(
-        experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
-    )
+    _use_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
     parent = parent_run_id or os.environ.get("KEYE_PARENT_RUN_ID") or None
     tags = {
         "stage": stage,
