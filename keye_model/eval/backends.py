@@ -107,7 +107,7 @@ class PredictionCache:
 
 
 class InProcessBackend:
-    """A local model directory; requests are generated in batches of ``batch_size``."""
+    """A local model directory; equal-length prompts are generated in batches of ``batch_size``."""
 
     name = "in-process"
 
@@ -123,9 +123,9 @@ class InProcessBackend:
         """Answer ``requests`` in chunks, reporting each chunk's answers as soon as it finishes."""
         from keye_model.log import progress
 
-        chunks = [
-            requests[i : i + self.batch_size] for i in range(0, len(requests), self.batch_size)
-        ]
+        # Windows of several batches, so that equal-length prompts find each other for a batch.
+        window = self.batch_size * 4
+        chunks = [requests[i : i + window] for i in range(0, len(requests), window)]
         for chunk in progress(chunks, desc="generate", total=len(chunks)):
             budget = max(r.max_new_tokens for r in chunk)
             gens = self.generator.generate_many(

@@ -159,24 +159,28 @@ class LocalGenerator:
                 return ids[:pos], "stop"
         return ids, "length"
 
-    def _run_batch(
-        self, prepared: list[tuple[str, list, list[Path]]], max_new_tokens: int
-    ) -> list[Generation]:
+    # Processor outputs the model takes; the vision ones are concatenated over images/frames.
+    _MODEL_INPUTS = (
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "image_grid_thw",
+        "pixel_values_videos",
+        "video_grid_thw",
+    )
+
+    def encode(self, messages: Sequence[dict]) -> dict[str, Any]:
+        """Model inputs of one chat request (batch of one, no padding)."""
+        text, images, videos = self.prepare(messages)
+        inputs = self.processor(text, images=images or None, videos=videos or None)
+        return {k: inputs[k] for k in self._MODEL_INPUTS if k in inputs}
+
+    def _run_batch(self, encoded: list[dict[str, Any]], max_new_tokens: int) -> list[Generation]:
         import torch
 
-        texts = [p[0] for p in prepared]
-        images = [im for p in prepared for im in p[1]]
-        videos = [v for p in prepared for v in p[2]]
-        inputs = self.processor(texts, images=images or None, videos=videos or None)
-        accepted = {
-            "input_ids",
-            "attention_mask",
-            "pixel_values",
-            "image_grid_thw",
-            "pixel_values_videos",
-            "video_grid_thw",
-        }
-        kwargs = {k: v for k, v in inputs.items() if k in accepted}
+        # Equal prompt lengths: stacking rows and concatenating vision tensors is exactly the
+        # processor's own batched output, without a single pad token.
+        kwargs = {k: torch.cat([e[k] for e in encoded], dim=0) for k in encoded[0]}
         prompt_len = kwargs["input_ids"].shape[1]
         with torch.inference_mode():
             out = self.model.generate(
@@ -197,21 +201,17 @@ class LocalGenerator:
         self, requests: Sequence[Sequence[dict]], max_new_tokens: int, max_batch: int = 8
     ) -> list[Generation]:
         """Completions of several chat requests, batching equal-length prompts (no padding)."""
-        prepared = [self.prepare(messages) for messages in requests]
-        lengths = [
-            len(self.processor(p[0], images=p[1] or None, videos=p[2] or None)["input_ids"][0])
-            for p in prepared
-        ]
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for i, n in enumerate(lengths):
-            buckets[n].append(i)
-        results: list[Generation | None] = [None] * len(prepared)
+        encoded = [self.encode(messages) for messages in requests]
+        buckets: dict[tuple[int, frozenset], list[int]] = defaultdict(list)
+        for i, enc in enumerate(encoded):
+            buckets[(enc["input_ids"].shape[1], frozenset(enc))].append(i)
+        results: list[Generation | None] = [None] * len(encoded)
         with self.lock:
             for members in buckets.values():
                 for start in range(0, len(members), max_batch):
                     chunk = members[start : start + max_batch]
                     for i, gen in zip(
-                        chunk, self._run_batch([prepared[i] for i in chunk], max_new_tokens)
+                        chunk, self._run_batch([encoded[i] for i in chunk], max_new_tokens)
                     ):
                         results[i] = gen
         return [r for r in results if r is not None]
