@@ -108,7 +108,7 @@ def test_text_quality_and_language():
 def test_multi_index_hash_matches_brute_force():
     rng = random.Random(0)
     bits, radius = 256, 18
-    index = MultiIndexHash(bits, radius, bands=16)
+    index = MultiIndexHash(bits, radius, band_bits=16)
     codes = [rng.getrandbits(bits) for _ in range(3000)]
     for i, code in enumerate(codes):
         index.add(code, f"c{i}")
@@ -120,12 +120,20 @@ def test_multi_index_hash_matches_brute_force():
             base ^= 1 << b
         queries.append(base)
     queries += [rng.getrandbits(bits) for _ in range(100)]
+    # Adversarial: 2 flipped bits in each of the first 9 bands (distance 18; only band 9 of the
+    # 10 indexed bands is within the sub-radius) must be found; one more flip there must not.
+    worst = codes[0]
+    for band in range(9):
+        worst ^= 0b101 << (16 * band)
+    queries += [worst, worst ^ (1 << (16 * 9))]
+    assert index.query(worst) == "c0"
     for q in queries:
         truth = {f"c{i}" for i, c in enumerate(codes) if (c ^ q).bit_count() <= radius}
         hit = index.query(q)
         assert (hit is None) == (not truth)
         assert hit is None or hit in truth
-    assert len(index.probes) == 17  # sub-radius 18 // 16 = 1 bit per 16-bit band
+    # 19 exact-match bands of 16 bits do not fit in 256 bits; sub-radius 1 needs 10 bands.
+    assert (index.sub_radius, index.bands, len(index.probes)) == (1, 10, 17)
 
 
 def test_near_dup_finds_resized_and_recompressed_real_photos(real_images):

@@ -98,10 +98,10 @@ class DedupConfig:
     phash_radius: int = field(
         18, help="Hamming radius (of phash_size^2 bits) under which two images are near-duplicates."
     )
-    phash_bands: int = field(
-        16,
-        help="Multi-index hashing bands; a query probes each band within radius // bands bits, so the "
-        "index needs no pairwise comparison (Norouzi et al., 2012).",
+    phash_band_bits: int = field(
+        20,
+        help="Width of the multi-index hashing bands (Norouzi et al., 2012). Buckets hold ~n / 2^bits "
+        "codes, so wider bands keep queries cheap for larger corpora; 20 suits up to ~10^6 images.",
     )
     exempt_synthetic: bool = field(
         True,
@@ -219,8 +219,8 @@ class CurateConfig:
             raise ValueError(f"curate.shard_size: must be >= 1, got {self.shard_size}")
         if not 1.0 <= self.filters.max_aspect <= 200.0:
             raise ValueError("curate.filters.max_aspect: must lie in [1, 200] (smart_resize limit)")
-        if self.dedup.phash_bands < 1 or self.dedup.phash_size**2 % self.dedup.phash_bands:
-            raise ValueError("curate.dedup.phash_bands: must divide phash_size^2 bits evenly")
+        if not 4 <= self.dedup.phash_band_bits <= min(32, self.dedup.phash_size**2):
+            raise ValueError("curate.dedup.phash_band_bits: must lie in [4, min(32, phash_size^2)]")
         if self.mixture.max_repeat < 1.0:
             raise ValueError(
                 f"curate.mixture.max_repeat: must be >= 1, got {self.mixture.max_repeat}"

@@ -65,7 +65,7 @@ class GlobalDedup:
             op for op in cfg.operators if op in ("exact_dedup", "near_dup_image", "near_dup_text")
         ]
         self.seen: dict[bytes, str] = {}
-        self.images = MultiIndexHash(dd.phash_size**2, dd.phash_radius, dd.phash_bands)
+        self.images = MultiIndexHash(dd.phash_size**2, dd.phash_radius, dd.phash_band_bits)
         self.texts = (
             TextNearDupIndex(dd.minhash_threshold, dd.minhash_num_perm)
             if "near_dup_text" in self.order

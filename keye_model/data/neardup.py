@@ -2,11 +2,14 @@
 
 Perceptual hashes (``phash_size``^2 bits) are near-duplicates within a Hamming radius ``r``.
 A linear scan costs O(n) per query, O(n^2) per corpus. Multi-index hashing (Norouzi, Punjani and
-Fleet, CVPR 2012) splits the code into ``m`` bands: by pigeonhole, two codes within ``r`` agree on
-some band up to ``r // m`` bits, so a query probes each band's table at every code within that
-sub-radius and verifies the few candidates. With 16-bit bands and sub-radius 1 that is 272 probes
-whose buckets hold ~n/65536 codes each, instead of n comparisons. We chose it over a BK-tree
-because a BK-tree's search at radius 18 in 256 bits visits most of the tree.
+Fleet, CVPR 2012) cuts ``p`` disjoint bands of ``b`` bits out of the code, keeps one hash table per
+band, and probes each table at every value within a sub-radius ``s`` of the query's band, then
+verifies the few candidates. Pigeonhole makes it exact: at most ``r // (s + 1)`` bands of a true
+match differ in more than ``s`` bits, so ``p = r // (s + 1) + 1`` bands cannot all miss it (the
+bands need not cover the whole code). We take the smallest ``s`` for which ``p`` bands of ``b``
+bits fit: r = 18, b = 20 gives s = 1, p = 10, so a query costs 10 x 21 = 210 probes into buckets
+of ~n / 2^20 codes instead of n comparisons. We chose it over a BK-tree, whose search at radius
+18 in 256 bits visits most of the tree.
 """
 
 from __future__ import annotations
@@ -29,16 +32,19 @@ def band_masks(band_bits: int, sub_radius: int) -> list[int]:
 
 
 class MultiIndexHash:
-    """Hamming-radius search over fixed-width integer codes without pairwise comparison."""
+    """Exact Hamming-radius search over fixed-width integer codes without pairwise comparison."""
 
-    def __init__(self, bits: int, radius: int, bands: int):
-        if bits % bands:
-            raise ValueError(f"bands ({bands}) must divide bits ({bits})")
-        self.bits, self.radius, self.bands = bits, radius, bands
-        self.band_bits = bits // bands
-        self.band_mask = (1 << self.band_bits) - 1
-        self.probes = band_masks(self.band_bits, radius // bands)
-        self.tables: list[dict[int, list[int]]] = [{} for _ in range(bands)]
+    def __init__(self, bits: int, radius: int, band_bits: int):
+        if not 1 <= band_bits <= bits:
+            raise ValueError(f"band_bits must lie in [1, {bits}], got {band_bits}")
+        self.bits, self.radius, self.band_bits = bits, radius, band_bits
+        self.sub_radius = next(
+            s for s in range(radius + 1) if (radius // (s + 1) + 1) * band_bits <= bits
+        )
+        self.bands = radius // (self.sub_radius + 1) + 1
+        self.band_mask = (1 << band_bits) - 1
+        self.probes = band_masks(band_bits, self.sub_radius)
+        self.tables: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
         self.codes: list[int] = []
         self.keys: list[str] = []
 
