@@ -93,6 +93,17 @@ def read_head(uri: str, length: int) -> bytes:
     return s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")["Body"].read()
 
 
+def read_tail(uri: str, length: int) -> bytes:
+    """The last ``length`` bytes of a file (whole file if shorter); S3 uses a suffix range."""
+    if not is_s3(uri):
+        with local_path(uri).open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - length))
+            return handle.read()
+    bucket, key = _split(uri)
+    return s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=-{length}")["Body"].read()
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically (local: temp file + rename)."""
     if is_s3(uri):

@@ -181,12 +181,29 @@ def test_s3_inputs_and_outputs_with_multipart(tmp_path, moto_s3):
     )
     storage.upload(jsonl, "s3://raw/in/rec.jsonl")
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = {
+        "key": "p1",
+        "image": encode(noise_image(11, 90, 70)),
+        "caption": "A noise picture stored in a Parquet file.",
+    }
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "part.parquet")
+    storage.upload(tmp_path / "part.parquet", "s3://raw/in/part.parquet")
+    pq.write_table(pa.table({"caption": ["no image column here"]}), tmp_path / "nocol.parquet")
+    storage.upload(tmp_path / "nocol.parquet", "s3://raw/bad/nocol.parquet")
+
+    # Bad inputs on S3 fail before any work, naming the object (the footer is read by range).
     with pytest.raises(FileNotFoundError, match="s3://raw/missing.tar"):
         curate(corpus_config(), ["s3://raw/missing.tar"], "s3://cur/never")
+    with pytest.raises(ValueError, match="s3://raw/bad/nocol.parquet has no image column"):
+        curate(corpus_config(), ["s3://raw/in/", "s3://raw/bad/"], "s3://cur/never")
+    assert not list(storage.list_files("s3://cur/never"))
 
     result = curate(corpus_config(shard_size=10), ["s3://raw/in/"], "s3://cur/v1")
     manifest = json.loads(storage.read_text("s3://cur/v1/manifest.json"))
-    assert manifest["counts"] == {"input": 4, "kept": 4, "rejected": 0, "emitted": 4}
+    assert manifest["counts"] == {"input": 5, "kept": 5, "rejected": 0, "emitted": 5}
     assert result.outputs["manifest"] == "s3://cur/v1/manifest.json"
     head = moto_s3.head_object(Bucket="cur", Key="v1/shards/00000-000.tar")
     assert head["ContentLength"] > storage.MULTIPART_THRESHOLD

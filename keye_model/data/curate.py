@@ -79,16 +79,21 @@ log = get_logger(STAGE)
 def staged(uri: str, scratch: Path) -> Iterator[Path]:
     """A local path to write; on success it appears at ``uri`` atomically (rename or upload)."""
     if storage.is_s3(uri):
-        local = scratch / hashlib.sha1(uri.encode()).hexdigest()
-        yield local
-        storage.upload(local, uri)
-        local.unlink()
-        return
-    final = storage.local_path(uri)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    yield tmp
-    tmp.replace(final)
+        tmp = scratch / hashlib.sha1(uri.encode()).hexdigest()
+    else:
+        final = storage.local_path(uri)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write never becomes visible
+        raise
+    if storage.is_s3(uri):
+        storage.upload(tmp, uri)
+        tmp.unlink()
+    else:
+        tmp.replace(final)
 
 
 def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -58,10 +58,28 @@ def _format_of(uri: str) -> str | None:
     return FORMATS.get(PurePosixPath(uri.split("?")[0]).suffix.lower())
 
 
+HEAD_BYTES = 1 << 20  # enough for the first JSONL record of any sane file
+
+
+def parquet_schema_names(uri: str) -> list[str]:
+    """Column names from a Parquet footer alone (two range reads on S3, no full download)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tail = storage.read_tail(uri, 8)
+    if len(tail) < 8 or tail[4:] != b"PAR1":
+        raise ValueError(f"input file {uri} is not Parquet (no trailing PAR1 magic)")
+    footer_len = int.from_bytes(tail[:4], "little")
+    footer = storage.read_tail(uri, footer_len + 8)
+    # A stand-in file holding only the footer: enough for pyarrow to parse the schema.
+    stub = b"PAR1" + footer
+    return list(pq.read_schema(pa.BufferReader(stub)).names)
+
+
 def _check_file(uri: str, fmt: str) -> None:
-    """Raise ValueError naming ``uri`` unless its first bytes look like ``fmt``."""
+    """Raise an error naming ``uri`` unless it exists and its bytes look like ``fmt``."""
     try:
-        head = storage.read_head(uri, 4096)
+        head = storage.read_head(uri, HEAD_BYTES if fmt == "jsonl" else 4096)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"input file {uri} does not exist") from err
     except Exception as err:  # botocore errors: missing key, no bucket, no access
@@ -73,16 +91,20 @@ def _check_file(uri: str, fmt: str) -> None:
     if fmt == "parquet":
         if head[:4] != b"PAR1":
             raise ValueError(f"input file {uri} is not Parquet (no PAR1 magic)")
-        if not storage.is_s3(uri):
-            import pyarrow.parquet as pq
-
-            names = set(pq.read_schema(storage.local_path(uri)).names)
-            if not names & set(IMAGE_COLUMNS):
-                raise ValueError(
-                    f"input file {uri} has no image column; expected one of {list(IMAGE_COLUMNS)}, got {sorted(names)}"
-                )
+        try:
+            names = parquet_schema_names(uri)
+        except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+            raise ValueError(f"input file {uri}: unreadable Parquet footer ({err})") from err
+        if not set(names) & set(IMAGE_COLUMNS):
+            raise ValueError(
+                f"input file {uri} has no image column; expected one of {list(IMAGE_COLUMNS)}, got {sorted(names)}"
+            )
     if fmt == "jsonl":
-        first = head.split(b"\n", 1)[0]
+        first, newline, _ = head.partition(b"\n")
+        if not newline and len(head) == HEAD_BYTES:
+            raise ValueError(
+                f"input file {uri}: first line longer than {HEAD_BYTES} bytes; not JSONL"
+            )
         try:
             record = json.loads(first)
         except ValueError as err:
