@@ -336,3 +336,45 @@ def test_tiny_preset_cli_mixture_and_mlflow(tmp_path):
         "curate/image_sizes.png",
         "curate/manifest.json",
     } <= artifacts
+
+
+def test_scan_and_write_memory_does_not_grow_with_sample_count(tmp_path):
+    import tracemalloc
+
+    from keye_model.data.curate import _tokenizer_json, scan_unit, write_unit
+    from keye_model.data.readers import WorkUnit
+
+    cfg = corpus_config()
+    cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    tokenizer_json = _tokenizer_json(cfg)
+    peaks, sizes = {}, {}
+    for n in (25, 200):
+        samples = [
+            (
+                f"n{i:04d}",
+                "png",
+                encode(noise_image(i, 160, 120)),
+                {"text": f"Noise picture {i} with a plain English caption for scanning."},
+            )
+            for i in range(n)
+        ]
+        write_tar(tmp_path / f"in{n}.tar", samples)
+        unit = WorkUnit(0, "tar", str(tmp_path / f"in{n}.tar"))
+        sizes[n] = (tmp_path / f"in{n}.tar").stat().st_size
+        scan_unit(unit, cfg_json, tokenizer_json, str(tmp_path / f"work{n}"))  # warm caches
+        tracemalloc.start()
+        scan_unit(unit, cfg_json, tokenizer_json, str(tmp_path / f"work{n}b"))
+        write_unit(
+            unit,
+            cfg_json,
+            str(tmp_path / f"work{n}b"),
+            str(tmp_path / f"out{n}"),
+            {},
+            {"caption": 1.0},
+        )
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(shard_keys(tmp_path / f"out{n}")) == n
+    # 8x the samples (~10 MB more input), about the same peak: samples stream through.
+    assert sizes[200] - sizes[25] > 8_000_000
+    assert peaks[200] - peaks[25] < 0.1 * (sizes[200] - sizes[25]), (peaks, sizes)
