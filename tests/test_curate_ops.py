@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,17 +222,33 @@ def test_mixture_factors_and_deterministic_repeats():
     assert budgeted["caption"] == pytest.approx(factors["caption"] / 2)
 
 
-def test_clip_scorer_loads_a_local_tiny_model(tmp_path):
+def _tiny_clip(tmp_path) -> Path:
+    """A tiny random CLIP saved like a real one (no weights can be downloaded here)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
 
-    # No weights can be downloaded here: build a tiny random CLIP and save it like a real one.
+    path = tmp_path / "tiny-clip"
+    if path.exists():
+        return path
     torch.manual_seed(0)
-    vocab = {
-        w: i
-        for i, w in enumerate(["[PAD]", "[UNK]", "a", "cat", "dog", "photo", "of", "the", "chart"])
-    }
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "a",
+        "cat",
+        "dog",
+        "photo",
+        "of",
+        "the",
+        "chart",
+        "seen",
+        "in",
+        "small",
+        "test",
+        "picture",
+    ]
+    vocab = {w: i for i, w in enumerate(words)}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
@@ -252,14 +270,18 @@ def test_clip_scorer_loads_a_local_tiny_model(tmp_path):
         "image_size": 32,
         "patch_size": 8,
     }
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    path = tmp_path / "tiny-clip"
-    model.save_pretrained(path)
+    CLIPModel(
+        CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     ).save_pretrained(path)
+    return path
 
+
+def test_clip_scorer_loads_a_local_tiny_model(tmp_path):
+    path = _tiny_clip(tmp_path)
     scorer = ClipScorer(str(path))
     images = [noise_image(i, 48, 40) for i in range(6)]
     texts = ["a photo of a cat", "a dog", "the chart", "a cat", "photo of the dog", "a chart"]
@@ -278,3 +300,42 @@ def test_clip_scorer_loads_a_local_tiny_model(tmp_path):
     assert sum(v is not None and v.reason == "clip_score_low" for v in verdicts) == 3
     with pytest.raises(ValueError, match="clip_model"):
         ClipScore(FilterConfig())
+
+
+def test_clip_score_operator_inside_the_stage(tmp_path):
+    from curate_corpus import write_tar
+
+    from keye_model.data.curate import curate
+
+    path = _tiny_clip(tmp_path)
+    scorer = ClipScorer(str(path))
+    captions = [
+        "a photo of a cat",
+        "a dog",
+        "the chart of a photo",
+        "a cat",
+        "photo of the dog",
+        "a chart",
+    ]
+    captions = [c + " seen in a small test picture" for c in captions]
+    images = [encode(noise_image(40 + i, 64, 48)) for i in range(6)]
+    scores = [scorer.score([Image.open(io.BytesIO(m))], [c])[0] for m, c in zip(images, captions)]
+    ranked = sorted(scores)
+    write_tar(
+        tmp_path / "in.tar",
+        [(f"c{i}", "png", m, {"text": c}) for i, (m, c) in enumerate(zip(images, captions))],
+    )
+    cfg = CurateConfig(operators=["decode", "image_size", "clip_score"], shard_size=10)
+    cfg = dataclasses.replace(
+        cfg,
+        filters=dataclasses.replace(
+            cfg.filters, clip_model=str(path), min_clip_score=(ranked[2] + ranked[3]) / 2
+        ),
+        mixture=dataclasses.replace(cfg.mixture, enabled=False),
+    )
+    curate(cfg, [str(tmp_path / "in.tar")], str(tmp_path / "out"))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"] == {"input": 6, "kept": 3, "rejected": 3, "emitted": 3}
+    assert manifest["rejected_by_reason"] == {"clip_score_low": 3}
+    with pytest.raises(ValueError, match="curate.filters.clip_model"):
+        curate(CurateConfig(operators=["decode", "clip_score"]), [], str(tmp_path / "never"))

@@ -199,6 +199,10 @@ class CurateConfig:
             op in self.operators for op in ("image_size", "clip_score", "near_dup_image")
         ):
             raise ValueError("curate.operators: image operators need 'decode' listed first")
+        if "clip_score" in self.operators and not self.filters.clip_model:
+            raise ValueError(
+                "curate.filters.clip_model: the clip_score operator needs a local model path"
+            )
         for kind in self.synthetic_kinds:
             if kind not in SYNTHETIC_KINDS:
                 raise ValueError(

@@ -37,12 +37,14 @@ class Decode:
     name = "decode"
 
     def __init__(self, cfg: FilterConfig):
-        from PIL import Image
+        from PIL import Image, ImageFile
 
         self.max_pixels = cfg.max_image_pixels
-        # Deliberate process-wide setting: PIL warns above this and raises above twice it; we
-        # turn the warning into an error below and also check the header ourselves first.
+        # Deliberate process-wide settings: PIL warns above MAX_IMAGE_PIXELS and raises above
+        # twice it (we turn the warning into an error and check the header ourselves first);
+        # truncated files must fail, whatever another library may have switched on.
         Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
 
     def __call__(self, sample: Sample) -> Rejection | None:
         if sample.media is None:
