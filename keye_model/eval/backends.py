@@ -107,16 +107,20 @@ class PredictionCache:
 
 
 class InProcessBackend:
-    """A local model directory; equal-length prompts are generated in batches of ``batch_size``."""
+    """A local model directory, generated in batches of ``batch_size`` (``exact`` or ``padded``)."""
 
     name = "in-process"
 
     def __init__(
-        self, model_dir: str | Path, batch_size: int = 8, media_cache: str | Path | None = None
+        self,
+        model_dir: str | Path,
+        batch_size: int = 8,
+        media_cache: str | Path | None = None,
+        batching: str = "exact",
     ):
         from keye_model.eval.generation import LocalGenerator
 
-        self.generator = LocalGenerator(model_dir, media_cache=media_cache)
+        self.generator = LocalGenerator(model_dir, media_cache=media_cache, batching=batching)
         self.batch_size = batch_size
 
     def run(self, requests: Sequence[Request], on_result: OnResult) -> None:

@@ -50,6 +50,12 @@ def register(commands) -> None:
     local.add_argument("--max-new-tokens", type=int, default=256, help="Default completion budget.")
     local.add_argument("--max-batch", type=int, default=8, help="Most requests generated together.")
     local.add_argument(
+        "--batching",
+        choices=("exact", "padded"),
+        default="exact",
+        help="exact: batch equal-length prompts only (answers independent of neighbours); padded: any.",
+    )
+    local.add_argument(
         "--name", help="Model name reported by /v1/models (default: directory name)."
     )
     local.set_defaults(func=_serve_local)
@@ -101,5 +107,6 @@ def _serve_local(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_batch=args.max_batch,
         model_name=args.name,
+        batching=args.batching,
     )
     return 0

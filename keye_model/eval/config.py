@@ -46,6 +46,11 @@ class EvalConfig:
     limit: int = field(
         0, help="Questions per benchmark (0 = all); MMBench keeps whole circular groups."
     )
+    batching: str = field(
+        "exact",
+        help="In-process batching: exact (equal prompt lengths only, answers independent of batch "
+        "neighbours) | padded (left-padded batches, faster; equal up to float ties).",
+    )
     batch_size: int = field(
         8, help="In-process backend: requests per generate call (equal prompt lengths only)."
     )

@@ -6,8 +6,11 @@ give the same predictions for the same request:
 - ``image_url`` parts (``data:`` base64 or ``file://`` URLs) become processor images; ``video_url``
   parts become video files the processor samples (data URLs are written once to a cache folder);
 - the user text already carries its thinking suffix, so the chat template adds none (``auto``);
-- requests are batched only with requests whose prompts have the same token length, so no
-  padding enters a batch and a request's output never depends on its neighbours;
+- batching is ``exact`` (default) or ``padded``. ``exact`` batches a request only with
+  requests whose prompts have the same token length, so no padding enters and its output can
+  never depend on its neighbours. ``padded`` left-pads any requests into one batch (the model
+  keeps the positions of left-padded rows unchanged), which batches far more under concurrency;
+  its answers equal unbatched ones up to floating-point ties between top logits;
 - decoding is greedy (``do_sample=False``) and stops at ``<|im_end|>`` or the token budget.
 """
 
@@ -63,13 +66,24 @@ def _part_url(part: dict, key: str, where: str) -> str:
     return url
 
 
+BATCHING_MODES = ("exact", "padded")
+
+
 class LocalGenerator:
     """A model directory loaded on CPU, turning chat requests into greedy completions."""
 
     def __init__(
-        self, model_dir: str | Path, media_cache: str | Path | None = None, dtype: str = "float32"
+        self,
+        model_dir: str | Path,
+        media_cache: str | Path | None = None,
+        dtype: str = "float32",
+        batching: str = "exact",
     ):
         import torch
+
+        if batching not in BATCHING_MODES:
+            raise ValueError(f"batching must be one of {BATCHING_MODES}, got {batching!r}")
+        self.batching = batching
 
         from keye_model.model import KeyeVLMoeForConditionalGeneration
         from keye_model.processing import KeyeProcessor
@@ -178,9 +192,19 @@ class LocalGenerator:
     def _run_batch(self, encoded: list[dict[str, Any]], max_new_tokens: int) -> list[Generation]:
         import torch
 
-        # Equal prompt lengths: stacking rows and concatenating vision tensors is exactly the
-        # processor's own batched output, without a single pad token.
-        kwargs = {k: torch.cat([e[k] for e in encoded], dim=0) for k in encoded[0]}
+        # Rows are left-padded to the longest prompt (a no-op for equal lengths, the exact
+        # mode); vision tensors are concatenated over images/frames, as the processor does.
+        longest = max(e["input_ids"].shape[1] for e in encoded)
+        pad_id = self.processor.tokenizer.pad_token_id
+        kwargs = {}
+        for key in encoded[0]:
+            parts = [e[key] for e in encoded]
+            if key in ("input_ids", "attention_mask"):
+                fill = pad_id if key == "input_ids" else 0
+                parts = [
+                    torch.nn.functional.pad(t, (longest - t.shape[1], 0), value=fill) for t in parts
+                ]
+            kwargs[key] = torch.cat(parts, dim=0)
         prompt_len = kwargs["input_ids"].shape[1]
         with torch.inference_mode():
             out = self.model.generate(
@@ -191,20 +215,22 @@ class LocalGenerator:
                 eos_token_id=sorted(self.stop_ids),
             )
         results = []
-        for row in out[:, prompt_len:].tolist():
+        for enc, row in zip(encoded, out[:, prompt_len:].tolist()):
             ids, reason = self._trim(row)
             text = self.processor.decode(ids, skip_special_tokens=False).replace(self.pad_text, "")
-            results.append(Generation(text, prompt_len, len(ids), reason))
+            results.append(Generation(text, enc["input_ids"].shape[1], len(ids), reason))
         return results
 
     def generate_many(
         self, requests: Sequence[Sequence[dict]], max_new_tokens: int, max_batch: int = 8
     ) -> list[Generation]:
-        """Completions of several chat requests, batching equal-length prompts (no padding)."""
+        """Completions of several chat requests, batched per ``self.batching``."""
         encoded = [self.encode(messages) for messages in requests]
-        buckets: dict[tuple[int, frozenset], list[int]] = defaultdict(list)
+        buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, enc in enumerate(encoded):
-            buckets[(enc["input_ids"].shape[1], frozenset(enc))].append(i)
+            length = enc["input_ids"].shape[1] if self.batching == "exact" else 0
+            # Rows with and without images/videos never share a batch (the vision inputs differ).
+            buckets[(length, frozenset(enc))].append(i)
         results: list[Generation | None] = [None] * len(encoded)
         with self.lock:
             for members in buckets.values():

@@ -44,6 +44,8 @@ def _check_config(cfg: EvalConfig, model: str | None, endpoint: str | None) -> N
     for name in ("limit", "synthetic_size"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"evaluate.{name} must be >= 0")
+    if cfg.batching not in ("exact", "padded"):
+        raise ValueError(f"evaluate.batching must be exact or padded, got {cfg.batching!r}")
     if cfg.max_new_tokens < 1:
         raise ValueError("evaluate.max_new_tokens must be >= 1")
 
@@ -93,7 +95,10 @@ def make_backend(cfg: EvalConfig, model: str | None, endpoint: str | None, work:
             backoff_base_s=cfg.backoff_base_s,
         )
     return InProcessBackend(
-        _local_dir(model, work, "model"), batch_size=cfg.batch_size, media_cache=work / "media"
+        _local_dir(model, work, "model"),
+        batch_size=cfg.batch_size,
+        media_cache=work / "media",
+        batching=cfg.batching,
     )
 
 

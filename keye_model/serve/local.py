@@ -3,8 +3,8 @@
 Endpoints: ``POST /v1/chat/completions`` (``image_url`` parts as base64 data or ``file://`` URLs,
 ``video_url`` parts likewise), ``GET /v1/models``, ``GET /health``. Decoding is greedy
 (temperature 0); concurrent requests are collected by one worker thread and generated together,
-batched by equal prompt length (``keye_model.eval.generation``), so answers equal those of the
-in-process evaluation backend. It binds 127.0.0.1 by default. Run it with::
+batched as ``keye_model.eval.generation`` does it (``--batching exact``: equal prompt lengths
+only, so answers equal the in-process backend's exactly; ``padded``: any requests, faster). It binds 127.0.0.1 by default. Run it with::
 
     keye serve local --model DIR --port 8000
 
@@ -187,6 +187,7 @@ def serve(
     max_new_tokens: int = 256,
     max_batch: int = 8,
     model_name: str | None = None,
+    batching: str = "exact",
 ) -> None:
     """Load ``model`` (a local directory or ``s3://`` prefix) and serve it until interrupted."""
     import uvicorn
@@ -200,7 +201,7 @@ def serve(
         if storage.is_s3(model)
         else Path(model)
     )
-    generator = LocalGenerator(local)
+    generator = LocalGenerator(local, batching=batching)
     name = model_name or local.name
     log.info("serving %s as %r on http://%s:%d", local, name, host, port)
     app = build_app(generator, name, max_new_tokens=max_new_tokens, max_batch=max_batch)
