@@ -270,6 +270,8 @@ def test_openai_client_retries_with_backoff_then_gives_up():
     @app.post("/v1/chat/completions")
     def chat(body: dict):
         hits["n"] += 1
+        if body["messages"][0]["content"] == "slow":
+            time.sleep(1.0)
         if body["messages"][0]["content"] == "always-fail" or hits["n"] <= 2:
             return JSONResponse({"error": "busy"}, status_code=503)
         return {"choices": [{"message": {"role": "assistant", "content": "B"}}]}
@@ -293,6 +295,14 @@ def test_openai_client_retries_with_backoff_then_gives_up():
         req = Request("b", "1", "h", [{"role": "user", "content": "always-fail"}], 4)
         with pytest.raises(RequestFailed, match="after 3 attempt"):
             client.run([req], lambda r, t: None)
+        # a request slower than the timeout is retried, then reported as a timeout
+        client = OpenAIBackend(
+            f"http://127.0.0.1:{port}", model="m", retries=1, timeout_s=0.2, backoff_base_s=0.01
+        )
+        slow = Request("b", "2", "h", [{"role": "user", "content": "slow"}], 4)
+        with pytest.raises(RequestFailed, match="ReadTimeout"):
+            client.run([slow], lambda r, t: None)
+        assert client.calls == 2
     finally:
         server.should_exit = True
         thread.join(timeout=10)
