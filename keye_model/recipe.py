@@ -50,7 +50,9 @@ def tiny() -> Recipe:
         name="tiny",
         model="tiny",
         # A few hundred small synthetic samples: the whole curate stage runs in seconds on 1 core.
-        curate=dataclasses.replace(CurateConfig(), num_synthetic=300, shard_size=64, synthetic_max_side=320, num_workers=1),
+        curate=dataclasses.replace(
+            CurateConfig(), num_synthetic=300, shard_size=64, synthetic_max_side=320, num_workers=1
+        ),
     )
 
 
@@ -60,7 +62,11 @@ def keye_vl_671b_a37b() -> Recipe:
         name="keye-vl-671b-a37b",
         model="keye-vl-671b-a37b",
         curate=dataclasses.replace(
-            CurateConfig(), num_synthetic=1_000_000, shard_size=10_000, synthetic_max_side=1024, num_workers=0
+            CurateConfig(),
+            num_synthetic=1_000_000,
+            shard_size=10_000,
+            synthetic_max_side=1024,
+            num_workers=0,
         ),
         # All ten benchmarks against the SGLang endpoint; thinking mode and budget are inferred
         # (the report does not state them per benchmark).

@@ -90,7 +90,9 @@ def read_head(uri: str, length: int) -> bytes:
         with local_path(uri).open("rb") as handle:
             return handle.read(length)
     bucket, key = _split(uri)
-    return s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")["Body"].read()
+    return (
+        s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")["Body"].read()
+    )
 
 
 def read_tail(uri: str, length: int) -> bytes:
