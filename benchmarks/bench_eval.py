@@ -88,13 +88,10 @@ def main() -> int:
     from keye_model.eval.benchmarks import get_benchmark, load_benchmark, prompt_hash, to_messages
     from keye_model.eval.synthetic import write_synthetic
     from keye_model.model.assembly import assemble
-    from keye_model.processing import KeyeProcessor, build_tiny_tokenizer
 
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     model = work / "model"
     assemble("tiny", str(model), seed=0)
-    if not (model / "processor_config.json").is_file():
-        KeyeProcessor(build_tiny_tokenizer()).save_pretrained(model)
     write_synthetic(work / "data", ["mmstar"], n=args.requests, seed=900_001)
     records, media = load_benchmark(work / "data", "mmstar")
     spec = get_benchmark("mmstar")

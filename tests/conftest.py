@@ -40,3 +40,31 @@ def real_images(tmp_path) -> dict[str, Path]:
         if src.suffix.lower() in (".jpg", ".jpeg", ".png"):
             copies[src.name] = Path(shutil.copy(src, out / src.name))
     return copies
+
+
+@pytest.fixture
+def s3_server(monkeypatch) -> str:
+    """A real S3 endpoint: moto's threaded server over HTTP on 127.0.0.1, reached via AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh bucket on the local S3 server, as ``s3://name`` (moto keeps buckets process-wide)."""
+    import uuid
+
+    from keye_model import storage
+
+    name = f"keye-{uuid.uuid4().hex[:12]}"
+    storage.s3_client().create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -132,28 +131,11 @@ def test_bad_input_files_fail_fast_naming_the_file(tmp_path):
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def moto_s3(monkeypatch):
-    """A real S3 endpoint: moto's threaded server over HTTP on 127.0.0.1."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def moto_s3(s3_server):
     storage.s3_client().create_bucket(Bucket="raw")
     storage.s3_client().create_bucket(Bucket="cur")
-    yield storage.s3_client()
-    server.stop()
+    return storage.s3_client()
 
 
 def test_s3_inputs_and_outputs_with_multipart(tmp_path, moto_s3):

@@ -65,11 +65,7 @@ def model_dir(env):
     from keye_model.model.assembly import assemble
 
     out = env / "tiny-model"
-    assemble("tiny", str(out), seed=0)
-    if not (out / "processor_config.json").is_file():
-        from keye_model.processing import KeyeProcessor, build_tiny_tokenizer
-
-        KeyeProcessor(build_tiny_tokenizer()).save_pretrained(out)
+    assemble("tiny", str(out), seed=0)  # model + its processor
     return out
 
 

@@ -11,7 +11,6 @@ import base64
 import csv
 import io
 import json
-import uuid
 
 import pytest
 from PIL import Image
@@ -146,32 +145,17 @@ def test_mathvista_pid_keys_and_missing_media_is_a_clear_error(tmp_path):
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"bench-{uuid.uuid4().hex[:12]}"
-    storage.s3_client().create_bucket(Bucket=bucket)
-    yield f"s3://{bucket}"
-    server.stop()
+def s3(s3_bucket):
+    return s3_bucket
 
 
 def test_evaluate_reads_released_files_from_s3_and_resumes_from_s3_cache(tmp_path, s3):
     from keye_model.eval.stage import evaluate
     from keye_model.eval.synthetic import write_synthetic
     from keye_model.model.assembly import assemble
-    from keye_model.processing import KeyeProcessor, build_tiny_tokenizer
 
     model = tmp_path / "model"
     assemble("tiny", str(model), seed=0)
-    if not (model / "processor_config.json").is_file():
-        KeyeProcessor(build_tiny_tokenizer()).save_pretrained(model)
     local = write_synthetic(tmp_path / "data", ["visulogic"], n=3, seed=900_001)
     storage.sync_up(local, f"{s3}/benchmarks")
     cfg = EvalConfig(benchmarks=["visulogic"], max_new_tokens=4, thinking="think")

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from keye_model import storage
 from keye_model.serve import fetch
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    # moto keeps its buckets process-wide, so each test gets its own bucket.
-    bucket = f"models-{uuid.uuid4().hex[:12]}"
-    storage.s3_client().create_bucket(Bucket=bucket)
-    yield f"s3://{bucket}/keye/final"
-    server.stop()
+def s3(s3_bucket):
+    return f"{s3_bucket}/keye/final"
 
 
 def _upload(prefix: str, files: dict[str, bytes]) -> None:
