@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from keye_model.data.config import CurateConfig, FilterConfig
 from keye_model.data.records import IMAGE_EXTS, VIDEO_EXTS, Sample
@@ -192,14 +192,13 @@ class Language:
         return None
 
 
-class ImageTextScorer:
+class ImageTextScorer(Protocol):
     """Interface: cosine similarity of each (image, text) pair, in [-1, 1]."""
 
-    def score(self, images: list[Any], texts: list[str]) -> list[float]:
-        raise NotImplementedError
+    def score(self, images: list[Any], texts: list[str]) -> list[float]: ...
 
 
-class ClipScorer(ImageTextScorer):
+class ClipScorer:
     """A CLIP-style dual encoder from a local directory (transformers model, tokenizer, image processor)."""
 
     def __init__(self, path: str):
