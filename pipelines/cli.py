@@ -31,6 +31,12 @@ def _add_request_args(parser: argparse.ArgumentParser) -> None:
         "--lm", default="", help="DeepSeek-V3 checkpoint for model init (default: random)."
     )
     parser.add_argument(
+        "--curate-shards",
+        type=int,
+        default=2,
+        help="Parallel curation scan tasks (a KFP ParallelFor) before the global dedup pass (default: 2).",
+    )
+    parser.add_argument(
         "--eval-data", default="", help="Benchmark files root (default: held-out synthetic sets)."
     )
 
@@ -39,7 +45,13 @@ def _request(args: argparse.Namespace):
     from pipelines.run import PipelineRequest
 
     return PipelineRequest(
-        args.storage_root, args.run_id, args.curate_inputs, args.vision, args.lm, args.eval_data
+        storage_root=args.storage_root,
+        run_id=args.run_id,
+        curate_inputs=args.curate_inputs,
+        vision=args.vision,
+        lm=args.lm,
+        eval_data=args.eval_data,
+        curate_shards=args.curate_shards,
     )
 
 

@@ -9,7 +9,7 @@ init and evaluate as they land. This module only wires steps and sets Kubernetes
 
 from kfp import dsl, kubernetes
 
-from components.curate import curate
+from components.curate import curate, curate_scan
 from components.deploy import deploy
 from components.evaluate import evaluate
 from components.init_model import init_model
@@ -51,6 +51,7 @@ def keye_recipe(
     run_id: str,
     parent_run_id: str = "",
     curate_inputs: list = [],  # noqa: B006 - KFP pipeline parameters take JSON defaults
+    curate_shards: list = [0, 1],  # noqa: B006 - one scan task per item
     vision: str = "",
     lm: str = "",
     eval_data: str = "",
@@ -62,7 +63,11 @@ def keye_recipe(
         run_id=run_id,
         parent_run_id=parent_run_id,
     )
-    curated = curate(inputs=curate_inputs, **common).set_display_name("curate data")
+    # Scale-out curation: one scan task per shard, then one pass for global dedup, mixture and write.
+    with dsl.ParallelFor(items=curate_shards, parallelism=16) as shard:
+        scan = curate_scan(inputs=curate_inputs, shard_index=shard, shards=curate_shards, **common)
+        _cluster_settings(scan.set_display_name("curate scan"), cpu="8", memory="32Gi")
+    curated = curate(inputs=curate_inputs, **common).set_display_name("curate data").after(scan)
     _cluster_settings(curated, cpu="8", memory="32Gi")
     model = init_model(vision=vision, lm=lm, **common).set_display_name("init model")
     _cluster_settings(model, cpu="8", memory="64Gi")

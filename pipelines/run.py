@@ -7,6 +7,7 @@ same pipeline is compiled to IR YAML and submitted with ``kfp.Client``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,14 +33,15 @@ class PipelineRequest:
     vision: str = ""
     lm: str = ""
     eval_data: str = ""
+    curate_shards: int = 2
 
     def resolved(self, recipe: Recipe) -> PipelineRequest:
         """Fill defaults: a fresh run id and ``$KEYE_HOME/runs`` as the storage root."""
         run_id = self.run_id or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         root = self.storage_root or str(keye_home() / "runs")
-        return PipelineRequest(
-            root, run_id, list(self.curate_inputs), self.vision, self.lm, self.eval_data
-        )
+        if self.curate_shards < 1:
+            raise ValueError(f"--curate-shards must be >= 1, got {self.curate_shards}")
+        return dataclasses.replace(self, storage_root=root, run_id=run_id)
 
     def arguments(self, recipe: Recipe, parent_run_id: str) -> dict:
         return {
@@ -51,6 +53,7 @@ class PipelineRequest:
             "vision": self.vision,
             "lm": self.lm,
             "eval_data": self.eval_data,
+            "curate_shards": list(range(self.curate_shards)),
         }
 
 

@@ -18,7 +18,10 @@ def test_pipeline_compiles_to_kfp_ir_with_cluster_settings(tmp_path):
     spec = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
     pipeline, platform = list(spec)
     tasks = pipeline["root"]["dag"]["tasks"]
-    assert set(tasks) == {"curate", "init-model", "evaluate", "deploy"}
+    assert set(tasks) == {"for-loop-1", "curate", "init-model", "evaluate", "deploy"}
+    loop = tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"]
+    assert loop == "pipelinechannel--curate_shards"
+    assert "for-loop-1" in tasks["curate"]["dependentTasks"]
     assert (
         tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"]
         == "init-model"
