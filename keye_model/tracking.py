@@ -172,6 +172,28 @@ def pipeline_run(
                 os.environ["KEYE_PARENT_RUN_ID"] = previous
 
 
+def register_model(name: str, source: str, metrics: Mapping[str, float], run_id: str) -> str:
+    """Record ``source`` (a model directory or s3:// prefix) as a new version of ``name``.
+
+    The version's tags carry the evaluation metrics, so the MLflow UI lists every model with
+    its scores; the weights stay where they are (a 671B checkpoint is not copied).
+    Returns the new version number.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(
+            name, description="Keye-VL checkpoints with their evaluation scores"
+        )
+    except MlflowException:
+        pass  # already registered
+    tags = {key: f"{value:.6g}" for key, value in metrics.items()}
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    return str(version.version)
+
+
 def scratch_dir(prefix: str = "keye-") -> Path:
     """A fresh temporary directory (honours TMPDIR)."""
     return Path(tempfile.mkdtemp(prefix=prefix))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _add_request_args(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +95,13 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.run import run_local
 
     results = run_local(recipe_from_args(args), _request(args))
-    print("\nkeye run finished:")
-    for stage, result in results.items():
-        print(f"  {stage:9s} {result.message}")
+    # kfp.local indents print() while it runs tasks; write the summary to stdout directly.
+    lines = [
+        "",
+        "keye run finished:",
+        *(f"  {stage:9s} {r.message}" for stage, r in results.items()),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 

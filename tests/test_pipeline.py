@@ -88,6 +88,12 @@ def test_keye_run_executes_every_stage_with_kfp_local_and_nests_mlflow_runs(tmp_
     }
     assert set(STAGES) <= set(children), sorted(children)
     assert all(r.data.tags["pipeline_run_id"] == "e2e" for r in children.values())
+    # The evaluated model is registered with its scores; the weights stay in the run's storage.
+    (version,) = mlflow.MlflowClient().search_model_versions("name='keye-vl'")
+    assert (
+        version.source == str(root / "init") and version.run_id == children["evaluate"].info.run_id
+    )
+    assert float(version.tags["mean/overall"]) == results["evaluate"]["metrics"]["mean/overall"]
 
 
 def test_pipeline_request_defaults_are_per_run():

@@ -79,3 +79,8 @@ class EvalConfig:
     compare_runs: int = field(
         5, help="Earlier evaluate runs (MLflow) drawn in the comparison plot."
     )
+    register_as: str = field(
+        "keye-vl",
+        help="MLflow registered-model name under which an evaluated --model is recorded as a new "
+        "version carrying its scores ('' = do not register; endpoints are never registered).",
+    )

@@ -120,7 +120,7 @@ def evaluate(
     from keye_model.eval.backends import PredictionCache
     from keye_model.eval.benchmarks import load_benchmark
     from keye_model.eval.scoring import score
-    from keye_model.tracking import scratch_dir, stage_run
+    from keye_model.tracking import register_model, scratch_dir, stage_run
 
     if backend is None:
         _check_config(cfg, model, endpoint)
@@ -217,6 +217,12 @@ def evaluate(
         tracker.log_figure(figure, "evaluate/comparison.png")
         tracker.log_artifact(results_dir, "evaluate/results")
         run_id = tracker.run_id
+        registered = ""
+        if cfg.register_as and model:
+            source = model if storage.is_s3(model) else str(storage.local_path(model).absolute())
+            version = register_model(cfg.register_as, source, metrics, run_id)
+            registered = f"{cfg.register_as}/{version}"
+            log.info("registered %s as MLflow model %s", source, registered)
 
     if storage.is_s3(output):
         for name in ("predictions.jsonl", "report.json", "report.md", "comparison.png"):
@@ -236,6 +242,7 @@ def evaluate(
         message=f"evaluate: {headline}",
         details={
             "mlflow_run_id": run_id,
+            "registered_model": registered,
             "asked": len(todo),
             "cached": total - len(todo),
             "seed": cfg.seed,
