@@ -246,3 +246,11 @@ def test_varlen_attention_masks_across_images():
         ]
     )
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_images_with_inputs_embeds_are_refused(tiny_config):
+    model = make_model(tiny_config)
+    ids, pixels, grid = image_prompt(tiny_config, (1, 4, 4))
+    embeds = model.get_input_embeddings()(ids)
+    with pytest.raises(ValueError, match="not inputs_embeds"):
+        model(inputs_embeds=embeds, pixel_values=pixels, image_grid_thw=grid)

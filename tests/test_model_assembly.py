@@ -207,3 +207,20 @@ def test_lm_tokenizer_without_vision_tokens_gets_them_added(tmp_path, config):
     saved = KeyeVLMoeConfig.from_pretrained(tmp_path / "out")
     assert saved.image_token_id == processor.image_token_id >= len(vocab)
     assert saved.video_token_id == processor.video_token_id != saved.image_token_id
+
+
+def test_incomplete_or_mismatched_lm_checkpoints_are_refused(tmp_path, config):
+    write_deepseek(tmp_path / "ds", config, fp8=False)
+    shard = tmp_path / "ds" / "model.safetensors"
+    tensors = load_file(shard)
+    del tensors["model.layers.2.mlp.experts.3.down_proj.weight"]  # as if a shard were missing
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"1 tensors missing .*experts\.3\.down_proj"):
+        assemble("tiny", tmp_path / "out", lm=tmp_path / "ds")
+
+    write_deepseek(tmp_path / "ds2", config, fp8=False)
+    cfg = json.loads((tmp_path / "ds2" / "config.json").read_text())
+    cfg["n_group"] = 4
+    (tmp_path / "ds2" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"n_group=4 but the preset's text_config.n_group=2"):
+        assemble("tiny", tmp_path / "out2", lm=tmp_path / "ds2")

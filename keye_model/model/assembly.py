@@ -174,6 +174,48 @@ class AssemblyReport:
     shards: list[str]
 
 
+_LM_SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "moe_intermediate_size",
+    "num_hidden_layers",
+    "first_k_dense_replace",
+    "num_attention_heads",
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "n_routed_experts",
+    "num_experts_per_tok",
+    "n_shared_experts",
+    "n_group",
+    "topk_group",
+)
+_FUSED_EXPERTS = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+
+
+def expected_lm_names(config: KeyeVLMoeConfig) -> set[str]:
+    """Every LM tensor name a DeepSeek-V3 checkpoint must hold (per-expert names, as released)."""
+    from transformers import DeepseekV3ForCausalLM
+
+    with torch.device("meta"):
+        names = set(DeepseekV3ForCausalLM(config.text_config).state_dict())
+    expected = set()
+    for name in names:
+        match = _FUSED_EXPERTS.match(name)
+        if not match:
+            expected.add(name)
+            continue
+        projections = (
+            ("gate_proj", "up_proj") if match.group(2) == "gate_up_proj" else ("down_proj",)
+        )
+        for e in range(config.text_config.n_routed_experts):
+            expected.update(f"{match.group(1)}.{e}.{proj}.weight" for proj in projections)
+    return expected
+
+
 def _check_lm_config(lm: Path, config: KeyeVLMoeConfig) -> None:
     """Fail early, naming the field, when the LM checkpoint's config contradicts the preset."""
     cfg_file = lm / "config.json"
@@ -181,13 +223,7 @@ def _check_lm_config(lm: Path, config: KeyeVLMoeConfig) -> None:
         return
     theirs = json.loads(cfg_file.read_text())
     ours = config.text_config
-    for key in (
-        "hidden_size",
-        "num_hidden_layers",
-        "vocab_size",
-        "n_routed_experts",
-        "moe_intermediate_size",
-    ):
+    for key in _LM_SHAPE_FIELDS:
         if key in theirs and theirs[key] != getattr(ours, key):
             raise ValueError(
                 f"{cfg_file}: {key}={theirs[key]} but the preset's text_config.{key}={getattr(ours, key)}"
@@ -329,12 +365,18 @@ def assemble(
     for name, tensor in _random_part(projector, "mlp_AR."):
         writer.add(name, tensor)
 
-    n_lm = 0
+    expected_lm = expected_lm_names(config)
+    seen_lm = set()
     for name, tensor in iter_lm_tensors(lm, config.text_config.num_hidden_layers):
+        if name not in expected_lm:
+            raise ValueError(f"--lm {lm}: unexpected tensor {name} for preset {preset!r}")
         writer.add(name, tensor)
-        n_lm += 1
-    if n_lm == 0:
-        raise ValueError(f"--lm {lm}: no language-model tensors found")
+        seen_lm.add(name)
+    if missing := sorted(expected_lm - seen_lm):
+        # A missing shard would otherwise load as random weights with only a warning.
+        raise ValueError(
+            f"--lm {lm}: {len(missing)} tensors missing (a shard absent?), e.g. {missing[:3]}"
+        )
     shards = writer.close()
     config.architectures = ["KeyeVLMoeForConditionalGeneration"]
     config.save_pretrained(output)
@@ -371,15 +413,13 @@ def init_model(
 
     params = {"preset": preset, "vision": vision or "random", "lm": lm or "random", "seed": seed}
     with stage_run("init", params) as tracker:
-        local = (
-            Path(output)
-            if not storage.is_s3(output)
-            else Path(tempfile.mkdtemp(prefix="keye-init-"))
-        )
-        report = assemble(preset, local, vision=vision, lm=lm, seed=seed)
-        if storage.is_s3(output):
-            storage.sync_up(local, output)
-        counts = count_parameters(KeyeVLMoeConfig.from_pretrained(local))
+        with tempfile.TemporaryDirectory(prefix="keye-init-") as staging:
+            # S3 outputs are staged locally, uploaded, and the staging copy removed.
+            local = Path(staging) if storage.is_s3(output) else Path(output)
+            report = assemble(preset, local, vision=vision, lm=lm, seed=seed)
+            if storage.is_s3(output):
+                storage.sync_up(local, output)
+            counts = count_parameters(KeyeVLMoeConfig.from_pretrained(local))
         metrics = {
             "params_total": counts.total,
             "params_active": counts.active,

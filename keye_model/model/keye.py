@@ -149,6 +149,12 @@ class KeyeVLMoeForConditionalGeneration(KeyeVLMoePreTrainedModel, GenerationMixi
         # The video_* metadata the processor returns is already encoded in the prompt (frame markers,
         # fast/slow pad tokens); it is accepted so ``model(**processor(...))`` works, and not used.
         del video_num_frames, video_frame_is_fast, video_timestamps
+        if inputs_embeds is not None and (
+            pixel_values is not None or pixel_values_videos is not None
+        ):
+            raise ValueError(
+                "pass input_ids with pixel_values/pixel_values_videos, not inputs_embeds"
+            )
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
             if pixel_values is not None:
