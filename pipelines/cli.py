@@ -82,6 +82,11 @@ def register(commands) -> None:
     )
     submit.add_argument("--experiment", default="keye", help="KFP experiment name.")
     submit.add_argument(
+        "--service-account",
+        default="keye-pipeline",
+        help="Service account of the run's pods; the deploy step installs the chart with it.",
+    )
+    submit.add_argument(
         "--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)."
     )
     add_recipe_args(submit)
@@ -117,7 +122,12 @@ def _submit(args: argparse.Namespace) -> int:
     from pipelines.run import submit
 
     run_id = submit(
-        args.host, recipe_from_args(args), _request(args), args.experiment, args.namespace
+        args.host,
+        recipe_from_args(args),
+        _request(args),
+        args.experiment,
+        args.namespace,
+        service_account=args.service_account,
     )
     print(f"submitted KFP run {run_id}")
     return 0

@@ -17,10 +17,12 @@ from keye_model import storage
 from keye_model.log import get_logger
 from keye_model.recipe import Recipe
 from keye_model.stage import MANIFEST, StageResult, stage_output
-from keye_model.tracking import keye_home, pipeline_run
+from keye_model.tracking import keye_home, pipeline_run, tracking_uri
 
 log = get_logger("pipeline")
 STAGES = ("curate", "init", "evaluate", "deploy")
+# Kubernetes service account of cluster runs (see README: the deploy step installs the chart).
+DEPLOYER_SERVICE_ACCOUNT = "keye-pipeline"
 
 
 @dataclass
@@ -104,15 +106,25 @@ def submit(
     request: PipelineRequest,
     experiment: str = "keye",
     namespace: str | None = None,
+    service_account: str | None = DEPLOYER_SERVICE_ACCOUNT,
 ) -> str:
-    """Submit the pipeline to Kubeflow Pipelines at ``host``; return the KFP run id."""
+    """Submit the pipeline to Kubeflow Pipelines at ``host``; return the KFP run id.
+
+    The run's pods use ``service_account``: the deploy step needs rights to manage
+    LeaderWorkerSets, Services, Secrets and NetworkPolicies in the serving namespace.
+    """
     import kfp
 
     from pipelines.keye_recipe import keye_recipe
 
-    if not request.storage_root:
+    if not request.storage_root or not storage.is_s3(request.storage_root):
         raise ValueError(
-            "--storage-root is required on a cluster (an s3:// prefix every step can reach)"
+            "--storage-root must be an s3:// prefix every step of the cluster can reach"
+        )
+    if not tracking_uri().startswith(("http://", "https://", "databricks")):
+        raise ValueError(
+            f"MLFLOW_TRACKING_URI is {tracking_uri()!r}: the pipeline's parent run must live on the "
+            "MLflow server the cluster steps log to; set MLFLOW_TRACKING_URI=http(s)://..."
         )
     request = request.resolved(recipe)
     client = kfp.Client(host=host, namespace=namespace)
@@ -123,5 +135,6 @@ def submit(
             arguments=request.arguments(recipe, parent.run_id),
             run_name=request.run_id,
             experiment_name=experiment,
+            service_account=service_account,
         )
     return run.run_id

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 import yaml
 
 from keye_model.recipe import load_recipe
@@ -102,3 +103,14 @@ def test_pipeline_request_defaults_are_per_run():
     assert a.run_id.startswith("tiny-") and a.storage_root.endswith("runs")
     args = a.arguments(recipe, "parent")
     assert json.loads(args["recipe_json"])["name"] == "tiny" and args["parent_run_id"] == "parent"
+
+
+def test_submit_refuses_settings_a_cluster_cannot_use(monkeypatch):
+    from pipelines.run import submit
+
+    recipe = load_recipe("tiny")
+    with pytest.raises(ValueError, match="s3:// prefix"):
+        submit("http://127.0.0.1:9", recipe, PipelineRequest(storage_root="/local/dir"))
+    # A local sqlite store: cluster steps could not nest under the parent run.
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI is 'sqlite"):
+        submit("http://127.0.0.1:9", recipe, PipelineRequest(storage_root="s3://bucket/keye"))
