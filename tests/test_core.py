@@ -66,39 +66,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_tracking_against_a_real_mlflow_server(tmp_path, monkeypatch):
-    """What a cluster does: MLFLOW_TRACKING_URI points at an `mlflow server`."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+def _start_mlflow_server(tmp_path):
+    """`mlflow server` on a free 127.0.0.1 port; retried if another process takes the port first."""
+    for _attempt in range(3):
+        port = _free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'server.db'}",
+                "--artifacts-destination",
+                str(tmp_path / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 90
-        while time.time() < deadline:
+        while time.time() < deadline and server.poll() is None:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
+                return server, port
             except OSError:
                 time.sleep(1)
-        else:
-            pytest.fail("mlflow server did not become healthy in 90 s")
+        server.kill()
+        server.wait(timeout=30)
+    pytest.fail("mlflow server did not become healthy (3 attempts)")
+
+
+def test_tracking_against_a_real_mlflow_server(tmp_path, monkeypatch):
+    """What a cluster does: MLFLOW_TRACKING_URI points at an `mlflow server`."""
+    server, port = _start_mlflow_server(tmp_path)
+    try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         with stage_run("evaluate", {"benchmarks": ["mmmu"]}) as tracker:
             tracker.log_metrics({"mmmu/overall": 0.5})
