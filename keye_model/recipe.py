@@ -30,6 +30,15 @@ class Recipe:
     evaluate: EvalConfig = field(default_factory=EvalConfig, help="Evaluation stage.")
     serve: ServeConfig = field(default_factory=ServeConfig, help="Serving deploy step.")
 
+    def __post_init__(self) -> None:
+        # Held-out evaluation sets come from the same synthesizers as the training data: only a
+        # different seed keeps them out of training.
+        if self.curate.seed == self.evaluate.synthetic_seed:
+            raise ValueError(
+                f"evaluate.synthetic_seed ({self.evaluate.synthetic_seed}) must differ from curate.seed: "
+                "the held-out sets would repeat training samples"
+            )
+
     def to_json(self) -> str:
         """Serialise to JSON (the pipeline's single recipe parameter)."""
         return json.dumps(to_dict(self), indent=2, sort_keys=True)

@@ -28,6 +28,8 @@ def test_recipe_overrides_are_typed_and_unknown_fields_are_named():
         load_recipe("tiny", {"curate": {"bogus": 1}})
     with pytest.raises(ValueError, match=r"curate.shard_size: expected int, got 'many'"):
         load_recipe("tiny", {"curate": {"shard_size": "many"}})
+    with pytest.raises(ValueError, match="synthetic_seed .* must differ from curate.seed"):
+        load_recipe("tiny", {"curate": {"seed": 900_001}})
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         load_recipe("huge")
 
