@@ -62,6 +62,9 @@ def tiny() -> Recipe:
         curate=dataclasses.replace(
             CurateConfig(), num_synthetic=300, shard_size=64, synthetic_max_side=320, num_workers=1
         ),
+        # The chart asks for 2 x 8 GPUs: a tiny model is rendered and validated, never installed
+        # (--set serve.install=true to try the install path on a cluster anyway).
+        serve=dataclasses.replace(ServeConfig(), install=False),
     )
 
 
