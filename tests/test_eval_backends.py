@@ -191,6 +191,9 @@ class CountingBackend:
     def __init__(self, inner, stop_after: int | None = None):
         self.inner, self.stop_after, self.calls = inner, stop_after, 0
 
+    def fingerprint(self):
+        return self.inner.fingerprint()
+
     def run(self, requests, on_result):
         def counted(request, text):
             if self.stop_after is not None and self.calls >= self.stop_after:

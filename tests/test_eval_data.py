@@ -164,7 +164,8 @@ def test_evaluate_reads_released_files_from_s3_and_resumes_from_s3_cache(tmp_pat
     report = json.loads(storage.read_text(f"{s3}/runs/eval/report.json"))
     assert report["visulogic"]["published_671b"] == 35.4
     assert storage.exists(f"{s3}/runs/eval/results/visulogic.json")
-    assert len(storage.read_text(f"{s3}/runs/eval/predictions.jsonl").splitlines()) == 3
+    # a header line naming the model, then one line per answer
+    assert len(storage.read_text(f"{s3}/runs/eval/predictions.jsonl").splitlines()) == 1 + 3
     # a new process with the same output asks nothing: the cache comes back from S3
     second = evaluate(cfg, model=str(model), data=f"{s3}/benchmarks", output=f"{s3}/runs/eval")
     assert second.details == {**second.details, "asked": 0, "cached": 3}

@@ -14,7 +14,13 @@ as released, media paths relative to that folder::
 
 Each benchmark turns a record into one OpenAI chat request: the official prompt text with the
 thinking suffix (``/think``, ``/no_think``, or none) and its images/videos as ``image_url`` /
-``video_url`` parts (base64 data URLs, so a remote server needs no shared filesystem).
+``video_url`` parts. Images travel as base64 data URLs; videos stay ``file://`` URLs in the
+request (a path, not the bytes), so building every request holds no video in memory. The
+in-process backend reads those files directly; the HTTP backend inlines each video as a base64
+data URL only while sending its request (``inline_media``), or keeps ``file://`` for a server
+on the same filesystem (``keye serve local``). The prediction-cache key (``prompt_hash``) hashes
+video *content*, streamed in chunks (``media_digest``), so the key survives moving the data root
+or syncing it from S3 again, and changes when a video's bytes change.
 Prompt wording follows each benchmark's official template; where the official one is not
 public or depends on a GPT judge we note it as *inferred*.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
 import json
 import mimetypes
@@ -31,9 +38,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from keye_model.eval.extract import parse_gold_list
-from keye_model.eval.scoring import OPTION_LETTERS, mcq_options
+from keye_model.eval.scoring import CIRCULAR_OFFSET, OPTION_LETTERS, mcq_options
 
 Record = dict[str, Any]
 
@@ -49,7 +57,11 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark's file patterns, required record fields, id field and prompt builder."""
+    """A benchmark's file patterns, required record fields, id field and prompt builder.
+
+    ``required`` is what a released record must hold to be asked (media included); ``scored``
+    the subset the official scorer reads (``score()`` checks only those: media are not needed).
+    """
 
     name: str
     patterns: tuple[str, ...]
@@ -57,6 +69,7 @@ class Benchmark:
     key: str
     build: Callable[[Record, Path], Prompt]
     published: float | None = None  # Keye-VL-671B-A37B score (REFERENCE §2), percent
+    scored: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,15 +281,28 @@ def _visulogic(item: Record, root: Path) -> Prompt:
 
 
 _MCQ_FIELDS = ("index", "question", "answer", "image", "A", "B")
+_MCQ_SCORED = ("index", "answer", "A", "B")
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
         Benchmark(
-            "mmbench_en", ("*.tsv",), _MCQ_FIELDS + ("category",), "index", _vlmeval_mcq, 95.74
+            "mmbench_en",
+            ("*.tsv",),
+            _MCQ_FIELDS + ("category",),
+            "index",
+            _vlmeval_mcq,
+            95.74,
+            _MCQ_SCORED,
         ),
         Benchmark(
-            "mmbench_cn", ("*.tsv",), _MCQ_FIELDS + ("category",), "index", _vlmeval_mcq, 94.27
+            "mmbench_cn",
+            ("*.tsv",),
+            _MCQ_FIELDS + ("category",),
+            "index",
+            _vlmeval_mcq,
+            94.27,
+            _MCQ_SCORED,
         ),
         Benchmark(
             "mmmu",
@@ -285,9 +311,12 @@ BENCHMARKS: dict[str, Benchmark] = {
             "id",
             _mmmu,
             83.78,
+            ("id", "answer"),
         ),
-        Benchmark("mmstar", ("*.tsv",), _MCQ_FIELDS, "index", _vlmeval_mcq, 86.67),
-        Benchmark("realworldqa", ("*.tsv",), _MCQ_FIELDS, "index", _vlmeval_mcq, 86.54),
+        Benchmark("mmstar", ("*.tsv",), _MCQ_FIELDS, "index", _vlmeval_mcq, 86.67, _MCQ_SCORED),
+        Benchmark(
+            "realworldqa", ("*.tsv",), _MCQ_FIELDS, "index", _vlmeval_mcq, 86.54, _MCQ_SCORED
+        ),
         Benchmark(
             "mathvista",
             ("*.json", "*.jsonl", "*.parquet"),
@@ -295,6 +324,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "pid",
             _mathvista,
             86.2,
+            ("pid", "answer", "question_type", "answer_type"),
         ),
         Benchmark(
             "visulogic",
@@ -303,6 +333,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "id",
             _visulogic,
             35.4,
+            ("id", "label"),
         ),
         Benchmark(
             "olympiadbench",
@@ -311,6 +342,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "id",
             _olympiadbench,
             74.92,
+            ("id", "final_answer"),
         ),
         Benchmark(
             "mmvu",
@@ -319,6 +351,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "id",
             _mmvu,
             86.6,
+            ("id", "question", "answer"),
         ),
         Benchmark(
             "longvideobench",
@@ -327,6 +360,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "id",
             _longvideobench,
             79.0,
+            ("id", "candidates", "correct_choice"),
         ),
         Benchmark(
             "videomme",
@@ -335,6 +369,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             "question_id",
             _videomme,
             79.0,
+            ("question_id", "answer"),
         ),
     ]
 }
@@ -403,11 +438,13 @@ def find_files(root: Path, bench: Benchmark) -> list[Path]:
     raise FileNotFoundError(f"{folder}: no file matching {bench.patterns}")
 
 
-def validate(records: list[Record], bench: Benchmark, where: str) -> None:
-    """Reject records lacking a required field or with duplicate ids, naming file and item."""
+def validate(
+    records: list[Record], bench: Benchmark, where: str, fields: tuple[str, ...] | None = None
+) -> None:
+    """Reject records lacking a field (default ``bench.required``) or with duplicate ids, naming both."""
     seen: set[str] = set()
     for i, rec in enumerate(records):
-        missing = [f for f in bench.required if f not in rec or rec[f] is None]
+        missing = [f for f in (fields or bench.required) if f not in rec or rec[f] is None]
         if missing:
             raise ValueError(
                 f"{where}: record {i} ({bench.key}={rec.get(bench.key)!r}) lacks field(s) {missing}"
@@ -437,9 +474,9 @@ def load_benchmark(
 def _limit(records: list[Record], bench: Benchmark, limit: int) -> list[Record]:
     if bench.name.startswith("mmbench"):
         # Keep whole circular groups: the first ``limit`` questions with all their rotations.
-        groups = sorted({int(float(r["index"])) % 1_000_000 for r in records})[:limit]
+        groups = sorted({int(float(r["index"])) % CIRCULAR_OFFSET for r in records})[:limit]
         keep = set(groups)
-        return [r for r in records if int(float(r["index"])) % 1_000_000 in keep]
+        return [r for r in records if int(float(r["index"])) % CIRCULAR_OFFSET in keep]
     return records[:limit]
 
 
@@ -448,20 +485,87 @@ def _limit(records: list[Record], bench: Benchmark, limit: int) -> list[Record]:
 
 
 def to_messages(prompt: Prompt, suffix: str) -> list[dict]:
-    """OpenAI chat messages: media parts first, then the text with the thinking suffix."""
+    """OpenAI chat messages: media parts first (videos as ``file://`` URLs), then text + suffix."""
     parts: list[dict] = []
     for data in prompt.images:
         parts.append(
             {"type": "image_url", "image_url": {"url": data_url(data, sniff_image_mime(data))}}
         )
     for path in prompt.videos:
-        mime = mimetypes.guess_type(path.name)[0] or "video/mp4"
-        parts.append({"type": "video_url", "video_url": {"url": data_url(path.read_bytes(), mime)}})
+        parts.append({"type": "video_url", "video_url": {"url": Path(path).absolute().as_uri()}})
     parts.append({"type": "text", "text": prompt.text + suffix})
     return [{"role": "user", "content": parts}]
 
 
+def file_url_path(url: str) -> Path | None:
+    """The local path of a ``file://`` URL, None for any other URL."""
+    return Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
+
+
+def _map_media_urls(messages: list[dict], fn: Callable[[str, str], str]) -> list[dict]:
+    """A copy of ``messages`` with every media part's URL replaced by ``fn(kind, url)``."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            out.append(message)
+            continue
+        parts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in ("image_url", "video_url") and isinstance(part.get(kind), dict):
+                url = part[kind].get("url", "")
+                part = {**part, kind: {**part[kind], "url": fn(kind, url)}}
+            parts.append(part)
+        out.append({**message, "content": parts})
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime too, so an edited file is hashed again within one process.
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def media_digest(path: str | Path) -> str:
+    """SHA-256 of a media file's content, streamed in 1 MiB chunks (memory independent of size)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"media file not found: {path}")
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+def inline_media(messages: list[dict]) -> list[dict]:
+    """``messages`` with ``file://`` media read now and sent as base64 data URLs (one request's worth)."""
+
+    def inline(kind: str, url: str) -> str:
+        path = file_url_path(url)
+        if path is None:
+            return url
+        if not path.is_file():
+            raise FileNotFoundError(f"{kind} file not found: {path}")
+        data = path.read_bytes()
+        if kind == "image_url":
+            return data_url(data, sniff_image_mime(data))
+        return data_url(data, mimetypes.guess_type(path.name)[0] or "video/mp4")
+
+    return _map_media_urls(messages, inline)
+
+
 def prompt_hash(messages: list[dict], max_new_tokens: int) -> str:
-    """Stable hash of a request (prompt, media and budget): the prediction cache key."""
-    blob = json.dumps({"messages": messages, "max_new_tokens": max_new_tokens}, sort_keys=True)
+    """Stable hash of a request (prompt, media content and budget): the prediction cache key."""
+
+    def content(kind: str, url: str) -> str:
+        path = file_url_path(url)
+        return url if path is None else f"sha256:{media_digest(path)}"
+
+    blob = json.dumps(
+        {"messages": _map_media_urls(messages, content), "max_new_tokens": max_new_tokens},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

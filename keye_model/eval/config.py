@@ -63,6 +63,11 @@ class EvalConfig:
     served_model: str = field(
         "", help="HTTP backend: model name to request (default: first of /v1/models)."
     )
+    media_urls: str = field(
+        "data",
+        help="HTTP backend: how videos travel - 'data' (base64 data URLs read per request, any "
+        "server) or 'file' (file:// URLs, a server sharing this filesystem: keye serve local).",
+    )
     judge_endpoint: str = field(
         "",
         help="OpenAI-compatible endpoint of an optional LLM judge (VLMEvalKit/MathVista/MMVU fallbacks).",

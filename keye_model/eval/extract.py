@@ -165,11 +165,13 @@ def _mmmu_key_subresponses(response: str) -> list[str]:
     keys: list[str] = []
     for i, part in enumerate(parts):
         current = indicators + (["="] if i == len(parts) - 1 else [])
-        shortest = None
+        shortest = ""
         for indicator in current:
             if indicator in part:
                 tail = part.split(indicator)[-1].strip()
-                if shortest is None or len(tail) < len(shortest):
+                # Official ``if not shortest_key_response``: an empty tail found earlier counts
+                # as nothing found, so the next indicator's tail replaces it even if longer.
+                if not shortest or len(tail) < len(shortest):
                     shortest = tail
         if shortest and shortest.strip() not in [":", ",", ".", "!", "?", ";", "'"]:
             keys.append(shortest)
@@ -359,16 +361,22 @@ def _as_float(text: str) -> float | None:
         return None
 
 
+DEFAULT_TOLERANCE = 1e-8  # OlympiadBench's default absolute precision
+
+
+def numbers_close(pred: float, gold: float, tolerance: float = DEFAULT_TOLERANCE) -> bool:
+    """OlympiadBench ``numerical_equal``: ``|g - p| <= tol * 1.01`` for g in gold/100, gold, gold*100."""
+    return any(abs(g - pred) <= tolerance * 1.01 for g in (gold / 100, gold, gold * 100))
+
+
 def math_equal(pred: str, gold: str, tolerance: float | None = None) -> bool:
-    """Symbolic equivalence via math-verify; plain numbers within ``tolerance`` when given."""
+    """Symbolic equivalence via math-verify; plain numbers by ``numbers_close`` (absolute tolerance)."""
     pred, gold = _strip_math(pred), _strip_math(gold)
     if pred == gold:
         return True
     p, g = _as_float(pred), _as_float(gold)
     if p is not None and g is not None:
-        if tolerance is not None:  # the item's own "error" field (OlympiadBench)
-            return abs(p - g) <= tolerance
-        return abs(p - g) <= 1e-8 * max(1.0, abs(g))
+        return numbers_close(p, g, DEFAULT_TOLERANCE if tolerance is None else tolerance)
     from math_verify import parse, verify
 
     gold_parsed = parse(f"${gold}$")
@@ -381,21 +389,46 @@ def math_equal(pred: str, gold: str, tolerance: float | None = None) -> bool:
         return False
 
 
+def parse_tolerances(error) -> list[float] | None:
+    """OlympiadBench ``error`` field: None when absent, else one float per comma-separated part."""
+    if error is None or (isinstance(error, float) and error != error) or str(error).strip() == "":
+        return None
+    if isinstance(error, (int, float)):
+        return [float(error)]
+    try:
+        return [float(part) for part in str(error).split(",")]
+    except ValueError as err:
+        raise ValueError(
+            f"error field {error!r} is not a number or comma-separated numbers"
+        ) from err
+
+
 def olympiad_match(
-    pred: str, golds: Sequence[str], multiple: bool, tolerance: float | None
+    pred: str, golds: Sequence[str], multiple: bool, tolerances: Sequence[float] | None = None
 ) -> bool:
-    """OlympiadBench rule: every answer part matches a distinct gold part (order-free)."""
+    """OlympiadBench rule: every gold part pairs with a distinct answer part (order-free).
+
+    ``tolerances`` are absolute, one per gold part in order (a single one applies to all); the
+    official judge walks the gold parts and removes each paired gold, answer and tolerance.
+    """
     gold_text = ",".join(_strip_math(g) for g in golds)
     pred_parts = split_top_level(_strip_math(pred)) if multiple else [_strip_math(pred)]
     gold_parts = split_top_level(gold_text) if multiple else [gold_text]
+    tols = list(tolerances) if tolerances else [DEFAULT_TOLERANCE]
+    if len(tols) == 1:
+        tols = tols * len(gold_parts)
+    if len(tols) != len(gold_parts):
+        raise ValueError(
+            f"{len(tols)} tolerance(s) in the error field for {len(gold_parts)} answer part(s)"
+        )
     if len(pred_parts) != len(gold_parts):
         return False
-    remaining = list(gold_parts)
-    for part in pred_parts:
-        hit = next((g for g in remaining if math_equal(part, g, tolerance)), None)
+    remaining = list(pred_parts)
+    for gold, tol in zip(gold_parts, tols):
+        hit = next((i for i, part in enumerate(remaining) if math_equal(part, gold, tol)), None)
         if hit is None:
             return False
-        remaining.remove(hit)
+        remaining.pop(hit)
     return True
 
 

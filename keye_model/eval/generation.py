@@ -4,7 +4,9 @@ One code path for both the in-process evaluation backend and ``keye serve local`
 give the same predictions for the same request:
 
 - ``image_url`` parts (``data:`` base64 or ``file://`` URLs) become processor images; ``video_url``
-  parts become video files the processor samples (data URLs are written once to a cache folder);
+  parts become video files the processor samples (``file://`` URLs are read in place; data URLs
+  are written once to a media folder, by default a temporary one removed by ``close()`` or when
+  the generator is collected);
 - the user text already carries its thinking suffix, so the chat template adds none (``auto``);
 - batching is ``exact`` (default) or ``padded``. ``exact`` batches a request only with
   requests whose prompts have the same token length, so no padding enters and its output can
@@ -100,10 +102,17 @@ class LocalGenerator:
             i for i in (tok.convert_tokens_to_ids(IM_END), tok.eos_token_id) if i is not None
         }
         self.pad_text = PAD
-        self.media_cache = Path(media_cache or tempfile.mkdtemp(prefix="keye-media-"))
+        # An owned temporary folder cleans itself up on close(), collection or interpreter exit.
+        self._own_media = None if media_cache else tempfile.TemporaryDirectory(prefix="keye-media-")
+        self.media_cache = Path(media_cache or self._own_media.name)
         self.media_cache.mkdir(parents=True, exist_ok=True)
         # One generation at a time: torch already uses every core for one batch.
         self.lock = threading.Lock()
+
+    def close(self) -> None:
+        """Remove the media folder if this generator created it."""
+        if self._own_media is not None:
+            self._own_media.cleanup()
 
     # ------------------------------------------------------------------ requests -> inputs
 

@@ -296,19 +296,27 @@ def score_mathvista(benchmark: str, items, responses, seed: int = 0, judge: Judg
 def score_olympiadbench(
     benchmark: str, items, responses, seed: int = 0, judge: Judge | None = None
 ):
-    """OlympiadBench: last ``\\boxed{}`` compared by symbolic equivalence (tolerance = ``error``)."""
+    """OlympiadBench: last ``\\boxed{}`` vs ``final_answer``, numbers within the ``error`` field.
+
+    As the official judge: numbers match when ``|gold - pred| <= tol * 1.01`` (gold also taken
+    /100 and *100), ``tol`` absolute, from ``error`` (one per answer part, comma-separated) or
+    1e-8; everything else by symbolic equivalence. A malformed item raises naming its id.
+    """
     records = []
     for item, response in zip(items, responses):
-        answer = ex.strip_thinking(response)
-        boxed = ex.last_boxed(answer)
-        error = item.get("error")
-        tolerance = float(error) if _present(error) else None
-        golds = ex.parse_gold_list(item["final_answer"])
-        multiple = str(item.get("is_multiple_answer", False)).lower() in ("true", "1")
-        correct = boxed is not None and ex.olympiad_match(boxed, golds, multiple, tolerance)
+        index = item["id"]
+        try:
+            answer = ex.strip_thinking(response)
+            boxed = ex.last_boxed(answer)
+            tolerances = ex.parse_tolerances(item.get("error"))
+            golds = ex.parse_gold_list(item["final_answer"])
+            multiple = str(item.get("is_multiple_answer", False)).lower() in ("true", "1")
+            correct = boxed is not None and ex.olympiad_match(boxed, golds, multiple, tolerances)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{benchmark}: item id={index!r}: {err}") from err
         records.append(
             {
-                "index": item["id"],
+                "index": index,
                 "category": item.get("subject"),
                 "extracted": boxed,
                 "branch": "boxed" if boxed is not None else "no_boxed",
@@ -486,6 +494,15 @@ def score(
     """Score raw responses against official-schema items with the benchmark's official rule."""
     if benchmark not in SCORERS:
         raise ValueError(f"unknown benchmark {benchmark!r}; known: {sorted(SCORERS)}")
+    from keye_model.eval.benchmarks import get_benchmark, validate
+
     items, responses = list(items), list(responses)
     _check_lengths(benchmark, items, responses)
+    bad = [i for i, item in enumerate(items) if not isinstance(item, Mapping)]
+    if bad:
+        raise TypeError(
+            f"{benchmark}: item {bad[0]} is {type(items[bad[0]]).__name__}, not a record"
+        )
+    spec = get_benchmark(benchmark)
+    validate(items, spec, f"{benchmark} items", fields=spec.scored)
     return SCORERS[benchmark](benchmark, items, responses, seed=seed, judge=judge)

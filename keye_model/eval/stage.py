@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 from keye_model import storage
@@ -44,6 +45,8 @@ def _check_config(cfg: EvalConfig, model: str | None, endpoint: str | None) -> N
     for name in ("limit", "synthetic_size"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"evaluate.{name} must be >= 0")
+    if cfg.media_urls not in ("data", "file"):
+        raise ValueError(f"evaluate.media_urls must be data or file, got {cfg.media_urls!r}")
     if cfg.batching not in ("exact", "padded"):
         raise ValueError(f"evaluate.batching must be exact or padded, got {cfg.batching!r}")
     if cfg.max_new_tokens < 1:
@@ -93,11 +96,13 @@ def make_backend(cfg: EvalConfig, model: str | None, endpoint: str | None, work:
             timeout_s=cfg.timeout_s,
             retries=cfg.retries,
             backoff_base_s=cfg.backoff_base_s,
+            media_urls=cfg.media_urls,
         )
+    # Videos arrive as file:// paths and are read in place; the generator's own temporary
+    # media folder (only used for data URLs) is removed when the backend closes.
     return InProcessBackend(
         _local_dir(model, work, "model"),
         batch_size=cfg.batch_size,
-        media_cache=work / "media",
         batching=cfg.batching,
     )
 
@@ -116,15 +121,36 @@ def evaluate(
     written in the official schemas first (tiny preset). ``backend`` overrides the backend built
     from ``model``/``endpoint`` (tests wrap a real backend to count calls).
     """
-    from keye_model.eval import report
-    from keye_model.eval.backends import PredictionCache
-    from keye_model.eval.benchmarks import load_benchmark
-    from keye_model.eval.scoring import score
-    from keye_model.tracking import register_model, scratch_dir, stage_run
+    from keye_model.tracking import scratch_dir
 
     if backend is None:
         _check_config(cfg, model, endpoint)
-    work = storage.local_path(output) if not storage.is_s3(output) else scratch_dir("keye-eval-")
+    if not storage.is_s3(output):
+        return _evaluate_in(cfg, model, endpoint, data, output, backend, storage.local_path(output))
+    # S3 output: work in a scratch folder, uploaded at the end and always removed.
+    work = scratch_dir("keye-eval-")
+    try:
+        return _evaluate_in(cfg, model, endpoint, data, output, backend, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _evaluate_in(
+    cfg: EvalConfig,
+    model: str | None,
+    endpoint: str | None,
+    data: str | None,
+    output: str,
+    backend,
+    work: Path,
+) -> StageResult:
+    """``evaluate`` with its working folder ``work`` (the output itself, or a scratch folder)."""
+    from keye_model.eval import report
+    from keye_model.eval.backends import PredictionCache, model_fingerprint
+    from keye_model.eval.benchmarks import load_benchmark
+    from keye_model.eval.scoring import score
+    from keye_model.tracking import register_model, stage_run
+
     work.mkdir(parents=True, exist_ok=True)
     cache_uri = storage.join(output, "predictions.jsonl")
     if storage.is_s3(output) and storage.exists(cache_uri):
@@ -142,7 +168,17 @@ def evaluate(
     loaded = {b: load_benchmark(data_root, b, cfg.limit or None) for b in cfg.benchmarks}
     requests = {b: build_requests(cfg, b, recs, media) for b, (recs, media) in loaded.items()}
 
-    cache = PredictionCache(work / "predictions.jsonl")
+    # 2. which model answers: the prediction cache refuses answers written for another one
+    owned = backend is None
+    model_dir = None
+    if backend is None and endpoint:
+        backend = make_backend(cfg, None, endpoint, work)  # cheap: no connection until asked
+    if backend is not None:
+        fingerprint = backend.fingerprint()
+    else:
+        model_dir = _local_dir(model, work, "model")
+        fingerprint = model_fingerprint(model_dir)
+    cache = PredictionCache(work / "predictions.jsonl", fingerprint=fingerprint)
     if cache.dropped_lines:
         log.warning(
             "prediction cache: %d partial line(s) dropped (killed mid-write); those are asked again",
@@ -178,8 +214,12 @@ def evaluate(
         )
         if todo:
             if backend is None:
-                backend = make_backend(cfg, model, endpoint, work)
-            backend.run(todo, cache.add)
+                backend = make_backend(cfg, str(model_dir), None, work)
+            try:
+                backend.run(todo, cache.add)
+            finally:
+                if owned:
+                    backend.close()
         results = {}
         results_dir = work / "results"
         results_dir.mkdir(exist_ok=True)

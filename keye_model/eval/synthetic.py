@@ -23,6 +23,7 @@ import json
 import random
 from pathlib import Path
 
+from keye_model.eval.scoring import CIRCULAR_OFFSET
 from keye_model.log import get_logger
 
 log = get_logger("evaluate")
@@ -95,7 +96,7 @@ def write_vlmeval_mcq(
         for k in shifts:
             shifted = options[k:] + options[:k]
             row = {
-                "index": str(i + k * 1_000_000),
+                "index": str(i + k * CIRCULAR_OFFSET),
                 "question": question,
                 "hint": "",
                 **dict(zip(letters, shifted)),

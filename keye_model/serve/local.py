@@ -205,4 +205,7 @@ def serve(
     name = model_name or local.name
     log.info("serving %s as %r on http://%s:%d", local, name, host, port)
     app = build_app(generator, name, max_new_tokens=max_new_tokens, max_batch=max_batch)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        generator.close()  # removes the folder of videos received as data URLs
