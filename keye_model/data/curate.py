@@ -16,9 +16,9 @@ Phases (each resumable; done markers are written last and atomically):
 5. ``manifest.json``, plots and metrics to MLflow.
 
 A killed run restarts where it stopped: finished units are skipped, unfinished ones are redone
-from scratch, and the output is byte-identical to an uninterrupted run (fixed tar headers, no
-timestamps in the manifest). The work directory remembers the config and inputs it was made
-with; resuming with different ones is an error.
+from scratch (their partial temp files deleted first), and the output is byte-identical to an
+uninterrupted run (fixed tar headers, no timestamps in the manifest). The work directory
+remembers the config and inputs it was made with; resuming with different ones is an error.
 
 Sharded mode for a KFP ``ParallelFor``: task ``i`` of ``n`` runs ``--shard-index i --num-shards n``
 (phase 1 for units ``u % n == i``); one final task without those flags finds every unit scanned
@@ -28,6 +28,7 @@ and runs the global dedup, mixture and write phases.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import io
 import json
@@ -55,15 +56,17 @@ from keye_model.data.readers import (
     iter_tar_groups,
     plan_units,
     read_unit,
-    scratch_dir,
 )
 from keye_model.data.records import Sample
 from keye_model.log import get_logger, progress
 from keye_model.stage import StageResult
+from keye_model.tracking import scratch_dir
 
 STAGE = "curate"
-# Test hook: seconds to sleep after each finished unit, so a test can kill a run between units.
+# Test hooks: seconds to sleep after each finished unit / each scanned sample, so a test can kill
+# a run between units or in the middle of one.
 DELAY_ENV = "KEYE_CURATE_UNIT_DELAY_S"
+SAMPLE_DELAY_ENV = "KEYE_CURATE_SAMPLE_DELAY_S"
 SIDE_BINS = [16 * 2 ** (i / 2) for i in range(19)]  # 16 .. 8192 px, half-octave bins
 # Settings that do not change the output; a resumed run may change them freely.
 RUNTIME_FIELDS = ("num_workers", "keep_work")
@@ -73,6 +76,25 @@ log = get_logger(STAGE)
 
 # ---------------------------------------------------------------------------------------------
 # Output plumbing
+
+
+@contextmanager
+def scratch_space() -> Iterator[Path]:
+    """A private temporary directory, removed however the block ends (success or error)."""
+    path = scratch_dir("keye-curate-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def discard_partials(uri: str) -> None:
+    """Delete the temp files a killed ``staged`` write of ``uri*`` left (local; S3 is atomic)."""
+    if storage.is_s3(uri):
+        return
+    path = storage.local_path(uri)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}*.tmp*"):
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -118,8 +140,8 @@ def iter_jsonl(uri: str, scratch: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def _sleep_hook() -> None:
-    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+def _sleep_hook(env: str = DELAY_ENV) -> None:
+    delay = float(os.environ.get(env, "0") or 0)
     if delay > 0:
         time.sleep(delay)
 
@@ -169,8 +191,8 @@ def scan_sample(
 def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> dict:
     """Phase 1 for one unit; returns (and stores in the done marker) its counts."""
     cfg, filters, tokenizer = _scanner(cfg_json, tokenizer_json)
-    scratch = scratch_dir()
     base = storage.join(work, "scan", unit.name)
+    discard_partials(base + ".")  # what a run killed inside this unit left; redone from scratch
     counts: dict[str, Any] = {
         "input": 0,
         "passed": 0,
@@ -181,6 +203,7 @@ def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> 
     }
     # Every output is written as samples stream by: memory does not grow with the unit's size.
     with ExitStack() as stack:
+        scratch = stack.enter_context(scratch_space())  # exits last: after uploads from it
         archive = stack.enter_context(
             tarfile.open(
                 stack.enter_context(staged(base + ".tar", scratch)), "w", format=tarfile.PAX_FORMAT
@@ -193,6 +216,7 @@ def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> 
             open(stack.enter_context(staged(base + ".rejected.jsonl", scratch)), "w")
         )
         for item in read_unit(unit, cfg, scratch):
+            _sleep_hook(SAMPLE_DELAY_ENV)
             counts["input"] += 1
             counts["by_source"][item.source] += 1
             if isinstance(item, BadRecord):
@@ -215,7 +239,6 @@ def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> 
             sigs.write(json.dumps(verdict, sort_keys=True) + "\n")
             for name, data in item.members():
                 add_member(archive, name, data)
-    shutil.rmtree(scratch, ignore_errors=True)
     summary = {k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()}
     storage.write_text(base + ".done", json.dumps(summary, sort_keys=True))
     _sleep_hook()
@@ -236,23 +259,24 @@ def write_unit(
 ) -> dict:
     """Phase 4 for one unit: emit survivors (with mixture repeats) into shards, log rejections."""
     cfg = from_dict(CurateConfig, json.loads(cfg_json))
-    scratch = scratch_dir()
     base = storage.join(work, "scan", unit.name)
-    scan_rejected = storage.download(base + ".rejected.jsonl", scratch / "scan-rejected.jsonl")
-    staging = (
-        storage.download(base + ".tar", scratch / "staging.tar")
-        if storage.is_s3(base)
-        else storage.local_path(base + ".tar")
-    )
     by_category: dict[str, Counter] = defaultdict(Counter)
     by_source: Counter = Counter()
     reasons: Counter = Counter()
     shards: list[str] = []
-    writer = _ShardWriter(output, unit, cfg.shard_size, scratch, shards)
-    with (
-        staged(storage.join(output, "rejected", f"{unit.name}.jsonl"), scratch) as rejected_path,
-        open(rejected_path, "w") as rejected,
-    ):
+    with ExitStack() as stack:
+        scratch = stack.enter_context(scratch_space())  # exits last: after uploads from it
+        scan_rejected = storage.download(base + ".rejected.jsonl", scratch / "scan-rejected.jsonl")
+        staging = (
+            storage.download(base + ".tar", scratch / "staging.tar")
+            if storage.is_s3(base)
+            else storage.local_path(base + ".tar")
+        )
+        writer = stack.enter_context(_ShardWriter(output, unit, cfg.shard_size, scratch, shards))
+        rejected_uri = storage.join(output, "rejected", f"{unit.name}.jsonl")
+        rejected = stack.enter_context(
+            open(stack.enter_context(staged(rejected_uri, scratch)), "w")
+        )
         with open(scan_rejected) as earlier:  # scan-phase rejections first, in input order
             shutil.copyfileobj(earlier, rejected)
         for key, members in iter_tar_groups(staging):
@@ -294,7 +318,6 @@ def write_unit(
                 stats["text_tokens"] += sample.text_tokens
                 stats["image_tokens"] += sample.image_tokens
         writer.close()
-    shutil.rmtree(scratch, ignore_errors=True)
     summary = {
         "shards": shards,
         "kept_by_source": dict(by_source),
@@ -322,6 +345,16 @@ class _ShardWriter:
             names,
         )
         self.count, self.archive, self.ctx = 0, None, None
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if exc_info[0] is not None and self.archive is not None:
+            # A failed unit: drop the open shard's temp file instead of publishing half a shard.
+            self.archive.close()
+            self.ctx.__exit__(*exc_info)
+            self.archive = self.ctx = None
 
     def add(self, sample: Sample) -> None:
         if self.archive is None or self.count == self.shard_size:
@@ -398,21 +431,20 @@ def _dedup_pass(
     available: Counter = Counter()
     reasons: Counter = Counter()
     hist = np.zeros(len(SIDE_BINS) - 1, dtype=np.int64)
-    scratch = scratch_dir()
-    for unit in progress(units, desc="dedup", total=len(units)):
-        unit_drops: dict[str, list[str]] = {}
-        for sig in iter_jsonl(storage.join(work, "scan", f"{unit.name}.sig.jsonl"), scratch):
-            rejection = dedup.check(sig)
-            if rejection is not None:
-                unit_drops[sig["key"]] = [rejection.reason, rejection.detail]
-                reasons[rejection.reason] += 1
-                continue
-            available[sig["category"]] += sig["text_tokens"] + sig["image_tokens"]
-            if sig["width"]:
-                side = min(max(sig["width"], sig["height"]), SIDE_BINS[-1] - 1)
-                hist[max(0, int(np.searchsorted(SIDE_BINS, side, side="right")) - 1)] += 1
-        drops[unit.name] = unit_drops
-    shutil.rmtree(scratch, ignore_errors=True)
+    with scratch_space() as scratch:
+        for unit in progress(units, desc="dedup", total=len(units)):
+            unit_drops: dict[str, list[str]] = {}
+            for sig in iter_jsonl(storage.join(work, "scan", f"{unit.name}.sig.jsonl"), scratch):
+                rejection = dedup.check(sig)
+                if rejection is not None:
+                    unit_drops[sig["key"]] = [rejection.reason, rejection.detail]
+                    reasons[rejection.reason] += 1
+                    continue
+                available[sig["category"]] += sig["text_tokens"] + sig["image_tokens"]
+                if sig["width"]:
+                    side = min(max(sig["width"], sig["height"]), SIDE_BINS[-1] - 1)
+                    hist[max(0, int(np.searchsorted(SIDE_BINS, side, side="right")) - 1)] += 1
+            drops[unit.name] = unit_drops
     return drops, dict(available), dict(reasons), hist.tolist()
 
 
@@ -610,8 +642,6 @@ def _clean_partials(output: str) -> None:
 def _remove_work(work: str) -> None:
     """Delete the staging area (signatures, staging shards, done markers)."""
     if not storage.is_s3(work):
-        import shutil
-
         shutil.rmtree(storage.local_path(work), ignore_errors=True)
         return
     client = storage.s3_client()

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -348,8 +347,3 @@ def encode_rejected(
     elif raw:
         record["bytes_len"] = len(raw)
     return record
-
-
-def scratch_dir() -> Path:
-    """A private temporary directory (honours TMPDIR)."""
-    return Path(tempfile.mkdtemp(prefix="keye-curate-"))
