@@ -232,6 +232,46 @@ def test_killed_evaluation_resumes_from_cache(env, model_dir, data_dir, cfg, in_
     assert again.metrics == result.metrics
 
 
+def test_cache_refuses_answers_written_for_another_model(
+    env, server, model_dir, data_dir, cfg, in_process_run
+):
+    from keye_model.eval.backends import CacheMismatch
+    from keye_model.model.assembly import assemble
+
+    out = in_process_run[0]
+    cache = out / "predictions.jsonl"
+    before = cache.read_bytes()
+    assert json.loads(before.splitlines()[0])["fingerprint"]["id"].startswith("model-sha256:")
+    other = env / "tiny-model-seed1"  # same preset and config, other weights
+    assemble("tiny", str(other), seed=1)
+    with pytest.raises(CacheMismatch, match="written for model directory") as err:
+        evaluate(cfg, model=str(other), data=str(data_dir), output=str(out))
+    assert str(model_dir) in str(err.value) and str(other) in str(err.value)
+    # a served model is another model too, even one loaded from the same directory
+    with pytest.raises(CacheMismatch, match=r"not for model 'keye-tiny' served at http://127"):
+        evaluate(cfg, endpoint=server, data=str(data_dir), output=str(out))
+    assert cache.read_bytes() == before  # nothing was asked or written
+    # a cache without a fingerprint cannot be attributed: refused as well
+    legacy = env / "out-legacy"
+    legacy.mkdir()
+    (legacy / "predictions.jsonl").write_text(before.decode().split("\n", 1)[1])
+    with pytest.raises(CacheMismatch, match="without a model fingerprint"):
+        evaluate(cfg, model=str(model_dir), data=str(data_dir), output=str(legacy))
+
+
+def test_generator_media_folder_is_removed_on_close(model_dir):
+    from keye_model.eval.benchmarks import data_url
+    from keye_model.eval.generation import LocalGenerator
+
+    video = Path("/work/shared/fixtures/real/video1.mp4").read_bytes()
+    generator = LocalGenerator(model_dir)
+    folder = generator.media_cache
+    written = generator._video_file(data_url(video, "video/mp4"), "test")
+    assert written.parent == folder and written.read_bytes() == video
+    generator.close()
+    assert not folder.exists()
+
+
 def test_bad_input_fails_before_model_work(env, data_dir, cfg):
     with pytest.raises(ValueError, match="exactly one of --model"):
         evaluate(cfg, data=str(data_dir), output=str(env / "x"))

@@ -149,8 +149,14 @@ def s3(s3_bucket):
     return s3_bucket
 
 
-def test_evaluate_reads_released_files_from_s3_and_resumes_from_s3_cache(tmp_path, s3):
+def test_evaluate_reads_released_files_from_s3_and_resumes_from_s3_cache(tmp_path, s3, monkeypatch):
+    import tempfile
+
     from keye_model.eval.stage import evaluate
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where scratch_dir() creates folders
     from keye_model.eval.synthetic import write_synthetic
     from keye_model.model.assembly import assemble
 
@@ -170,6 +176,8 @@ def test_evaluate_reads_released_files_from_s3_and_resumes_from_s3_cache(tmp_pat
     second = evaluate(cfg, model=str(model), data=f"{s3}/benchmarks", output=f"{s3}/runs/eval")
     assert second.details == {**second.details, "asked": 0, "cached": 3}
     assert second.metrics == first.metrics
+    # the scratch working folders and the generator's media folder are gone
+    assert sorted(p.name for p in scratch.iterdir() if p.name.startswith("keye-")) == []
 
 
 def test_every_synthetic_set_loads_in_its_official_schema(tmp_path):

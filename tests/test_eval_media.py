@@ -1,0 +1,193 @@
+"""Requests carry videos as paths, not bytes: lazy per-request payloads, content-hashed cache keys,
+and an HTTP client that survives malformed answers.
+
+Real HTTP servers (FastAPI + uvicorn on 127.0.0.1) record what the client sends; real videos
+come from the shared fixtures.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import socket
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from keye_model.eval.backends import OpenAIBackend, Request, RequestFailed
+from keye_model.eval.benchmarks import load_benchmark, prompt_hash
+from keye_model.eval.config import EvalConfig
+from keye_model.eval.stage import build_requests
+
+VIDEO = Path("/work/shared/fixtures/real/video4.mp4")
+
+
+def _videomme(root: Path, n: int) -> Path:
+    """A Video-MME folder of ``n`` questions, each with its own copy of the fixture video."""
+    folder = root / "videomme"
+    (folder / "videos").mkdir(parents=True)
+    records = []
+    for i in range(n):
+        shutil.copyfile(VIDEO, folder / "videos" / f"vid{i}.mp4")
+        records.append(
+            {
+                "video_id": f"{i:03d}",
+                "duration": "short",
+                "domain": "Knowledge",
+                "sub_category": "Humanity & History",
+                "videoID": f"vid{i}",
+                "question_id": f"{i:03d}-1",
+                "task_type": "Counting Problem",
+                "question": "How many?",
+                "options": ["A. 1", "B. 2", "C. 3", "D. 4"],
+                "answer": "B",
+            }
+        )
+    (folder / "videomme.json").write_text(json.dumps(records))
+    return root
+
+
+def _requests(root: Path, cfg=None):
+    cfg = cfg or EvalConfig(benchmarks=["videomme"], max_new_tokens=4)
+    records, media = load_benchmark(root, "videomme")
+    return build_requests(cfg, "videomme", records, media)
+
+
+def test_requests_hold_video_paths_and_memory_does_not_grow_with_videos(tmp_path):
+    root = _videomme(tmp_path / "data", 20)
+    size = VIDEO.stat().st_size
+    tracemalloc.start()
+    try:
+        requests = _requests(root)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 20 videos of ~1.1 MB: base64-inlining them all would peak above 20 * 1.33 * size; the
+    # streamed content hash needs about one 1 MiB chunk at a time.
+    assert peak < 3 * size, f"peak {peak} bytes while building 20 video requests"
+    part = requests[0].messages[0]["content"][0]
+    assert part["type"] == "video_url" and part["video_url"]["url"].startswith("file://")
+    assert len(json.dumps(requests[0].messages)) < 2000
+
+
+def test_cache_key_hashes_video_content_not_its_path(tmp_path):
+    first = _requests(_videomme(tmp_path / "a", 2))
+    moved = _requests(_videomme(tmp_path / "b", 2))  # same content under another root
+    assert [r.prompt_hash for r in first] == [r.prompt_hash for r in moved]
+    assert first[0].prompt_hash == first[1].prompt_hash  # same content, same question text
+    video = tmp_path / "b" / "videomme" / "videos" / "vid1.mp4"
+    data = bytearray(video.read_bytes())
+    data[-1] ^= 0xFF  # same size, one byte changed
+    video.write_bytes(bytes(data))
+    changed = _requests(tmp_path / "b")
+    assert changed[0].prompt_hash == first[0].prompt_hash
+    assert changed[1].prompt_hash != first[1].prompt_hash
+    # and the budget still enters the key
+    assert prompt_hash(first[0].messages, 5) != first[0].prompt_hash
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _serve(app):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_http_backend_inlines_videos_per_request_or_sends_file_urls(tmp_path):
+    from fastapi import FastAPI
+
+    app, seen, state = FastAPI(), [], {"live": 0, "most": 0}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict):
+        seen.append(body["messages"][0]["content"][0]["video_url"]["url"])
+        return {"choices": [{"message": {"role": "assistant", "content": "B"}}]}
+
+    requests = _requests(_videomme(tmp_path / "data", 6))
+    import keye_model.eval.benchmarks as benchmarks
+
+    real_inline = benchmarks.inline_media
+
+    def counting_inline(messages):
+        state["live"] += 1
+        state["most"] = max(state["most"], state["live"])
+        return real_inline(messages)
+
+    with _serve(app) as url:
+        client = OpenAIBackend(url, model="m", concurrency=2)
+        answers = {}
+        benchmarks.inline_media = counting_inline
+        try:
+
+            def on_result(request, text):
+                state["live"] -= 1  # its payload is gone once answered
+                answers[request.index] = text
+
+            client.run(requests, on_result)
+        finally:
+            benchmarks.inline_media = real_inline
+        assert len(answers) == 6 and set(answers.values()) == {"B"}
+        # base64 data URLs carrying the very file bytes; never more than ``concurrency`` built
+        assert all(u.startswith("data:video/mp4;base64,") for u in seen)
+        assert base64.b64decode(seen[0].split(",", 1)[1]) == VIDEO.read_bytes()
+        assert state["most"] <= 2
+        seen.clear()
+        OpenAIBackend(url, model="m", media_urls="file").run(requests[:1], lambda r, t: None)
+        assert seen == [requests[0].messages[0]["content"][0]["video_url"]["url"]]
+        assert seen[0].startswith("file://")
+    with pytest.raises(ValueError, match="media_urls"):
+        OpenAIBackend("http://127.0.0.1:9", media_urls="s3")
+
+
+def test_malformed_200_response_is_retried_then_named():
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app, hits = FastAPI(), {"n": 0}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict):
+        hits["n"] += 1
+        text = body["messages"][0]["content"]
+        if text == "no-choices":
+            return {"id": "x", "object": "chat.completion"}
+        if hits["n"] == 1:
+            return PlainTextResponse("<html>proxy hiccup</html>", status_code=200)
+        return {"choices": [{"message": {"role": "assistant", "content": "fine"}}]}
+
+    with _serve(app) as url:
+        client = OpenAIBackend(url, model="m", retries=2, backoff_base_s=0.01)
+        assert client.complete("hi") == "fine"  # the garbled first answer was asked again
+        assert client.calls == 2
+        ok = Request("mmmu", "q-1", "h", [{"role": "user", "content": "fine"}], 4)
+        bad = Request("mmmu", "q-7", "h", [{"role": "user", "content": "no-choices"}], 4)
+        got = []
+        with pytest.raises(
+            RequestFailed,
+            match=rf"{url}: request mmmu index q-7 failed after 3 attempt\(s\): "
+            r"malformed 200 response: response lacks choices",
+        ):
+            client.run([ok, bad], lambda r, t: got.append((r.index, t)))
+        assert got == [("q-1", "fine")]  # the good answer arrived (and would be cached)
