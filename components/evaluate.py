@@ -13,6 +13,7 @@ def evaluate(
     run_id: str,
     parent_run_id: str,
     data: str,
+    endpoint: str,
     model: Input[Model],
     report: Output[Metrics],
 ):
@@ -25,7 +26,13 @@ def evaluate(
     recipe = Recipe.from_json(recipe_json)
     model_uri = read_manifest(model).outputs["model"]
     output = stage_output(storage_root, run_id, "evaluate")
-    result = run_stage(recipe.evaluate, model=model_uri, data=data or None, output=output)
+    result = run_stage(
+        recipe.evaluate,
+        model=model_uri,
+        endpoint=endpoint or None,
+        data=data or None,
+        output=output,
+    )
     publish(result, report, output)
     for name, value in result.metrics.items():
         report.log_metric(name, value)

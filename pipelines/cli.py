@@ -32,6 +32,12 @@ def _add_request_args(parser: argparse.ArgumentParser) -> None:
         "--lm", default="", help="DeepSeek-V3 checkpoint for model init (default: random)."
     )
     parser.add_argument(
+        "--eval-endpoint",
+        default="",
+        help="OpenAI-compatible server that answers the evaluation (required for models too big "
+        "to run in the step, e.g. a keye-serve release of the 671B).",
+    )
+    parser.add_argument(
         "--curate-shards",
         type=int,
         default=2,
@@ -53,6 +59,7 @@ def _request(args: argparse.Namespace):
         lm=args.lm,
         eval_data=args.eval_data,
         curate_shards=args.curate_shards,
+        eval_endpoint=args.eval_endpoint,
     )
 
 

@@ -55,6 +55,7 @@ def keye_recipe(
     vision: str = "",
     lm: str = "",
     eval_data: str = "",
+    eval_endpoint: str = "",
 ):
     """Run the recipe; ``recipe_json`` is a full ``keye_model.recipe.Recipe`` (reproducible from MLflow)."""
     common = dict(
@@ -72,9 +73,9 @@ def keye_recipe(
     model = init_model(vision=vision, lm=lm, **common).set_display_name("init model")
     _cluster_settings(model, cpu="8", memory="64Gi")
     model.after(curated)
-    scores = evaluate(data=eval_data, model=model.outputs["model"], **common).set_display_name(
-        "evaluate"
-    )
+    scores = evaluate(
+        data=eval_data, endpoint=eval_endpoint, model=model.outputs["model"], **common
+    ).set_display_name("evaluate")
     _cluster_settings(scores, cpu="8", memory="64Gi")
     release = deploy(model=model.outputs["model"], evaluation=scores.outputs["report"], **common)
     _cluster_settings(release.set_display_name("deploy serving"), cpu="1", memory="2Gi", retries=0)

@@ -36,6 +36,7 @@ class PipelineRequest:
     lm: str = ""
     eval_data: str = ""
     curate_shards: int = 2
+    eval_endpoint: str = ""
 
     def resolved(self, recipe: Recipe) -> PipelineRequest:
         """Fill defaults: a fresh run id and ``$KEYE_HOME/runs`` as the storage root."""
@@ -56,6 +57,7 @@ class PipelineRequest:
             "lm": self.lm,
             "eval_data": self.eval_data,
             "curate_shards": list(range(self.curate_shards)),
+            "eval_endpoint": self.eval_endpoint,
         }
 
 

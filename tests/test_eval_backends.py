@@ -131,10 +131,14 @@ def in_process_run(env, model_dir, data_dir, cfg):
     return out, result
 
 
-def test_http_backend_matches_in_process(env, server, data_dir, cfg, in_process_run):
+def test_http_backend_matches_in_process(env, server, model_dir, data_dir, cfg, in_process_run):
     inproc_out, inproc = in_process_run
     out = env / "out-http"
-    result = evaluate(cfg, endpoint=server, data=str(data_dir), output=str(out))
+    # The endpoint answers; --model names the checkpoint it serves, for the registry.
+    result = evaluate(
+        cfg, model=str(model_dir), endpoint=server, data=str(data_dir), output=str(out)
+    )
+    assert result.details["registered_model"].startswith("keye-vl/")
     http_preds, local_preds = _predictions(out), _predictions(inproc_out)
     # 12 MMBench rotations + 3 + 3 + 3 questions, all asked, same keys and the same answers
     assert len(local_preds) == 21 and result.details["asked"] == 21
@@ -273,7 +277,7 @@ def test_generator_media_folder_is_removed_on_close(model_dir):
 
 
 def test_bad_input_fails_before_model_work(env, data_dir, cfg):
-    with pytest.raises(ValueError, match="exactly one of --model"):
+    with pytest.raises(ValueError, match="give --model .* or --endpoint"):
         evaluate(cfg, data=str(data_dir), output=str(env / "x"))
     with pytest.raises(ValueError, match="unknown"):
         evaluate(

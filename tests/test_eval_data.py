@@ -198,3 +198,15 @@ def test_every_synthetic_set_loads_in_its_official_schema(tmp_path):
             assert score(name, records, [r["answer"] for r in records])["overall"] == 1.0
     mmbench, _ = load_benchmark(root, "mmbench_en")
     assert len(mmbench) == 2 * 4  # every question with its three circular copies
+
+
+def test_a_model_too_large_for_in_process_evaluation_is_refused_before_any_work(tmp_path):
+    from keye_model import KeyeVLMoeConfig
+    from keye_model.eval.stage import evaluate
+
+    big = tmp_path / "keye-671b"
+    KeyeVLMoeConfig.from_preset("keye-vl-671b-a37b").save_pretrained(big)  # config only, no weights
+    cfg = EvalConfig(benchmarks=["mmstar"], synthetic_size=2)
+    with pytest.raises(ValueError, match=r"671B parameters.*pass --endpoint"):
+        evaluate(cfg, model=str(big), output=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()  # nothing was asked

@@ -17,10 +17,14 @@ def register(commands) -> None:
         "official rule, and writes JSON/Markdown reports, a comparison plot and MLflow metrics. Without "
         "--data (tiny preset only) it runs on held-out synthetic sets in the official schemas.",
     )
-    target = ev.add_mutually_exclusive_group(required=True)
-    target.add_argument("--model", help="Model directory or s3:// prefix (in-process backend).")
-    target.add_argument(
-        "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000."
+    ev.add_argument(
+        "--model",
+        help="Model directory or s3:// prefix: answered in-process, or, with --endpoint, the "
+        "checkpoint the endpoint serves (recorded in the MLflow registry with the scores).",
+    )
+    ev.add_argument(
+        "--endpoint",
+        help="OpenAI-compatible base URL that answers, e.g. http://127.0.0.1:8000 (SGLang, keye serve local).",
     )
     ev.add_argument(
         "--benchmarks", help="Comma list overriding evaluate.benchmarks, e.g. mmbench_en,mmmu."

@@ -84,6 +84,10 @@ class EvalConfig:
     compare_runs: int = field(
         5, help="Earlier evaluate runs (MLflow) drawn in the comparison plot."
     )
+    max_in_process_params: float = field(
+        5e9,
+        help="Largest model (parameters) evaluated in-process; bigger ones need --endpoint (SGLang).",
+    )
     register_as: str = field(
         "keye-vl",
         help="MLflow registered-model name under which an evaluated --model is recorded as a new "

@@ -31,9 +31,10 @@ THINKING_MODES = ("think", "no_think", "auto")
 def _check_config(cfg: EvalConfig, model: str | None, endpoint: str | None) -> None:
     from keye_model.eval.benchmarks import BENCHMARKS
 
-    if (model is None) == (endpoint is None):
+    if model is None and endpoint is None:
         raise ValueError(
-            "give exactly one of --model (in-process) or --endpoint (OpenAI-compatible server)"
+            "give --model (answered in-process) or --endpoint (an OpenAI-compatible server); "
+            "with both, the endpoint answers and --model names the checkpoint it serves"
         )
     if cfg.thinking not in THINKING_MODES:
         raise ValueError(f"evaluate.thinking must be one of {THINKING_MODES}, got {cfg.thinking!r}")
@@ -51,6 +52,18 @@ def _check_config(cfg: EvalConfig, model: str | None, endpoint: str | None) -> N
         raise ValueError(f"evaluate.batching must be exact or padded, got {cfg.batching!r}")
     if cfg.max_new_tokens < 1:
         raise ValueError("evaluate.max_new_tokens must be >= 1")
+
+
+def _check_fits_in_process(cfg: EvalConfig, model: str) -> None:
+    """Refuse, before any download, to run a model too large for in-process generation."""
+    from keye_model.model.params import count_parameters_at
+
+    total = count_parameters_at(model).total
+    if total > cfg.max_in_process_params:
+        raise ValueError(
+            f"{model} has {total / 1e9:.0f}B parameters, over evaluate.max_in_process_params "
+            f"({cfg.max_in_process_params / 1e9:g}B): serve it (keye deploy) and pass --endpoint"
+        )
 
 
 def _local_dir(uri: str, work: Path, name: str) -> Path:
@@ -176,6 +189,7 @@ def _evaluate_in(
     if backend is not None:
         fingerprint = backend.fingerprint()
     else:
+        _check_fits_in_process(cfg, model)  # before downloading any weights
         model_dir = _local_dir(model, work, "model")
         fingerprint = model_fingerprint(model_dir)
     cache = PredictionCache(work / "predictions.jsonl", fingerprint=fingerprint)

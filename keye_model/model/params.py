@@ -91,3 +91,17 @@ def count_parameters(config: KeyeVLMoeConfig) -> ParameterCount:
         routed_experts=parts["routed"],
         mtp_layer=mtp,
     )
+
+
+def count_parameters_at(model_uri: str) -> ParameterCount:
+    """Count a saved model's parameters from its config.json alone (local or s3://), no weights read."""
+    import json
+
+    from keye_model import storage
+
+    config_uri = storage.join(model_uri, "config.json")
+    if not storage.exists(config_uri):
+        raise FileNotFoundError(
+            f"{config_uri}: no model config (is {model_uri} a keye model directory?)"
+        )
+    return count_parameters(KeyeVLMoeConfig.from_dict(json.loads(storage.read_text(config_uri))))
