@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def run_local(recipe: Recipe, request: PipelineRequest | None = None) -> dict[st
     from pipelines.keye_recipe import keye_recipe
 
     request = (request or PipelineRequest()).resolved(recipe)
+    # kfp.local warns, for every task, that cluster-only settings (resources, display names, the
+    # container image) do not apply to local subprocesses: expected here, so keep the log readable.
+    warnings.filterwarnings(
+        "ignore", message=r"Task '.*': settings .* have no effect", category=UserWarning
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"You may be attemping to run a task that uses custom",
+        category=RuntimeWarning,
+    )
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(keye_home() / "kfp-local"),
