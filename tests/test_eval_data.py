@@ -66,17 +66,19 @@ def test_vlmeval_tsv_resolves_image_references_and_builds_official_prompt(tmp_pa
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
-    records, media = load_benchmark(tmp_path, "mmbench_en")
-    assert records[1]["image"] == image
+    records, media = load_benchmark(tmp_path, "mmbench_en", media_dir=tmp_path / "decoded")
+    # the base64 image was decoded once to a file; the circular copy names that same file
+    assert records[1]["image"] == records[0]["image"]
+    assert [p.read_bytes() for p in (tmp_path / "decoded").iterdir()] == [_png((0, 0, 255))]
     prompt = get_benchmark("mmbench_en").build(records[1], media)
     assert prompt.text == (
         "Hint: Look closely\nQuestion: What colour?\nOptions:\nA. blue\nB. red\n"
         "Please select the correct answer from the options above. \n"
     )
-    assert prompt.images[0].startswith(b"\x89PNG")
+    assert prompt.images[0].read_bytes() == _png((0, 0, 255))
     think, no_think = to_messages(prompt, "/think"), to_messages(prompt, "/no_think")
     assert think[0]["content"][-1]["text"].endswith("above. \n/think")
-    assert think[0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert think[0]["content"][0]["image_url"]["url"] == prompt.images[0].as_uri()
     assert prompt_hash(think, 8) != prompt_hash(no_think, 8) != prompt_hash(no_think, 9)
     # both rotations right -> the question counts
     assert score("mmbench_en", records, ["B", "A"])["overall"] == 1.0
@@ -107,7 +109,7 @@ def test_mmmu_parquet_with_hf_image_dicts(tmp_path):
     assert prompt.text == (
         "Which colour is <image 1>?\n\n(A) red\n(B) green\n\nAnswer with the option's letter from the given choices directly."
     )
-    assert len(prompt.images) == 1
+    assert [p.read_bytes() for p in prompt.images] == [_png((0, 255, 0))]
 
 
 def test_mathvista_pid_keys_and_missing_media_is_a_clear_error(tmp_path):

@@ -1,14 +1,17 @@
-"""Requests carry videos as paths, not bytes: lazy per-request payloads, content-hashed cache keys,
-and an HTTP client that survives malformed answers.
+"""Requests carry images and videos as paths, not bytes: lazy per-request payloads,
+content-hashed cache keys, and an HTTP client that survives malformed answers.
 
 Real HTTP servers (FastAPI + uvicorn on 127.0.0.1) record what the client sends; real videos
-come from the shared fixtures.
+come from the shared fixtures; images are random-noise PNGs (incompressible, so ~1 MB each)
+carried base64 in a VLMEvalKit TSV as RealWorldQA releases them.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import csv
+import io
 import json
 import shutil
 import socket
@@ -25,6 +28,37 @@ from keye_model.eval.config import EvalConfig
 from keye_model.eval.stage import build_requests
 
 VIDEO = Path("/work/shared/fixtures/real/video4.mp4")
+IMAGE_SIDE = 560  # 560 x 560 RGB noise: ~0.94 MB as PNG
+
+
+def _noise_png(seed: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (IMAGE_SIDE, IMAGE_SIDE, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _realworldqa(root: Path, images: list[bytes]) -> Path:
+    """A RealWorldQA TSV with one base64 image per question, as released."""
+    folder = root / "realworldqa"
+    folder.mkdir(parents=True)
+    with (folder / "RealWorldQA.tsv").open("w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["index", "question", "A", "B", "answer", "image"])
+        for i, data in enumerate(images):
+            writer.writerow(
+                [i, "Which side?", "left", "right", "A", base64.b64encode(data).decode()]
+            )
+    return root
+
+
+def _image_requests(root: Path, media: Path):
+    cfg = EvalConfig(benchmarks=["realworldqa"], max_new_tokens=4)
+    records, folder = load_benchmark(root, "realworldqa", media_dir=media)
+    return build_requests(cfg, "realworldqa", records, folder)
 
 
 def _videomme(root: Path, n: int) -> Path:
@@ -89,6 +123,84 @@ def test_cache_key_hashes_video_content_not_its_path(tmp_path):
     assert changed[1].prompt_hash != first[1].prompt_hash
     # and the budget still enters the key
     assert prompt_hash(first[0].messages, 5) != first[0].prompt_hash
+
+
+def test_requests_hold_image_paths_and_memory_does_not_grow_with_images(tmp_path):
+    def peak_building(n: int) -> tuple[int, list]:
+        root = _realworldqa(tmp_path / f"data{n}", [_noise_png(seed) for seed in range(n)])
+        tracemalloc.start()
+        try:
+            requests = _image_requests(root, tmp_path / f"media{n}")  # TSV loading included
+            return tracemalloc.get_traced_memory()[1], requests
+        finally:
+            tracemalloc.stop()
+
+    size = len(_noise_png(0))
+    few, _ = peak_building(4)
+    peak, requests = peak_building(24)
+    # Holding 24 images base64-encoded needs 24 * 1.33 * size; row-by-row loading holds one
+    # row at a time (plus the csv module's field buffer, 4 bytes a character, sized by the
+    # largest image), so the peak does not depend on how many images there are.
+    assert peak < few + size // 2, f"peak {peak} bytes for 24 images vs {few} for 4"
+    assert peak < 24 * size, f"peak {peak} bytes while loading + building 24 image requests"
+    assert len(requests) == 24
+    for i, request in enumerate(requests):
+        part = request.messages[0]["content"][0]
+        assert part["type"] == "image_url" and part["image_url"]["url"].startswith("file://")
+        assert len(json.dumps(request.messages)) < 2000
+        path = Path(part["image_url"]["url"].removeprefix("file://"))
+        assert path.parent == tmp_path / "media24"
+        assert path.read_bytes() == _noise_png(i)  # decoded once, byte for byte
+
+
+def test_cache_key_hashes_image_content_not_its_path(tmp_path):
+    images = [_noise_png(0), _noise_png(0), _noise_png(1)]
+    first = _image_requests(_realworldqa(tmp_path / "a", images), tmp_path / "media-a")
+    moved = _image_requests(_realworldqa(tmp_path / "b", images), tmp_path / "media-b")
+    assert first[0].messages != moved[0].messages  # other files ...
+    assert [r.prompt_hash for r in first] == [r.prompt_hash for r in moved]  # ... same keys
+    assert first[0].prompt_hash == first[1].prompt_hash != first[2].prompt_hash
+    # the same image twice is decoded to one file
+    assert len(list((tmp_path / "media-a").iterdir())) == 2
+    # a changed pixel is a new file and a new key; the other questions keep theirs
+    changed = [_noise_png(0), bytearray(_noise_png(0)), _noise_png(1)]
+    from PIL import Image
+
+    pixels = Image.open(io.BytesIO(changed[1])).copy()
+    pixels.putpixel((0, 0), tuple(255 - c for c in pixels.getpixel((0, 0))))
+    buf = io.BytesIO()
+    pixels.save(buf, format="PNG", compress_level=1)
+    changed[1] = buf.getvalue()
+    again = _image_requests(_realworldqa(tmp_path / "c", changed), tmp_path / "media-c")
+    assert again[0].prompt_hash == first[0].prompt_hash
+    assert again[1].prompt_hash != first[1].prompt_hash
+    assert again[2].prompt_hash == first[2].prompt_hash
+
+
+def test_http_backend_inlines_images_per_request_or_sends_file_urls(tmp_path):
+    from fastapi import FastAPI
+
+    app, seen = FastAPI(), []
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict):
+        seen.append(body["messages"][0]["content"][0]["image_url"]["url"])
+        return {"choices": [{"message": {"role": "assistant", "content": "A"}}]}
+
+    images = [_noise_png(seed) for seed in range(3)]
+    requests = _image_requests(_realworldqa(tmp_path / "data", images), tmp_path / "media")
+    with _serve(app) as url:
+        answers = {}
+        OpenAIBackend(url, model="m", concurrency=2).run(
+            requests, lambda r, t: answers.__setitem__(r.index, t)
+        )
+        assert answers == {"0": "A", "1": "A", "2": "A"}
+        assert all(u.startswith("data:image/png;base64,") for u in seen)
+        assert sorted(base64.b64decode(u.split(",", 1)[1]) for u in seen) == sorted(images)
+        seen.clear()
+        OpenAIBackend(url, model="m", media_urls="file").run(requests[:1], lambda r, t: None)
+        assert seen == [requests[0].messages[0]["content"][0]["image_url"]["url"]]
+        assert seen[0].startswith("file://")
 
 
 def _free_port() -> int:

@@ -10,11 +10,11 @@
   model directory, endpoint + served model name for a server); a cache written for another
   model is refused, never silently reused.
 
-Requests carry videos as ``file://`` URLs (see ``keye_model.eval.benchmarks``): the in-process
-backend reads the files directly; the HTTP backend inlines them as base64 data URLs while
-sending each request (``media_urls="data"``, any server), or keeps ``file://`` for a server on
-this filesystem (``media_urls="file"``, ``keye serve local``). At most ``concurrency`` payloads
-exist at a time, so memory does not grow with the number of videos.
+Requests carry images and videos as ``file://`` URLs (see ``keye_model.eval.benchmarks``): the
+in-process backend reads the files directly; the HTTP backend inlines them as base64 data URLs
+while sending each request (``media_urls="data"``, any server), or keeps ``file://`` for a
+server on this filesystem (``media_urls="file"``, ``keye serve local``). At most
+``concurrency`` payloads exist at a time, so memory does not grow with the number of media.
 
 Both backends expose ``run(requests, on_result)``: ``on_result(request, text)`` is called as each
 answer arrives (the stage appends it to the cache there).
@@ -393,7 +393,7 @@ class OpenAIBackend:
 
             async def one(request: Request) -> None:
                 async with semaphore:
-                    # The payload (videos inlined as base64) exists only while in flight.
+                    # The payload (media inlined as base64) exists only while in flight.
                     messages = request.messages
                     if self.media_urls == "data":
                         messages = await asyncio.to_thread(inline_media, messages)

@@ -14,13 +14,16 @@ as released, media paths relative to that folder::
 
 Each benchmark turns a record into one OpenAI chat request: the official prompt text with the
 thinking suffix (``/think``, ``/no_think``, or none) and its images/videos as ``image_url`` /
-``video_url`` parts. Images travel as base64 data URLs; videos stay ``file://`` URLs in the
-request (a path, not the bytes), so building every request holds no video in memory. The
-in-process backend reads those files directly; the HTTP backend inlines each video as a base64
-data URL only while sending its request (``inline_media``), or keeps ``file://`` for a server
-on the same filesystem (``keye serve local``). The prediction-cache key (``prompt_hash``) hashes
-video *content*, streamed in chunks (``media_digest``), so the key survives moving the data root
-or syncing it from S3 again, and changes when a video's bytes change.
+``video_url`` parts. Images and videos both travel as ``file://`` URLs in the request (a path,
+not the bytes), so building every request holds no media in memory. Images released inline
+(base64 in VLMEvalKit TSVs, HF ``{"bytes"}`` dicts, base64 JSON fields) are decoded once, record
+by record while loading, into a content-addressed media folder (``load_benchmark``'s
+``media_dir``), and the record's field then names that file; images released as files are used
+in place. The in-process backend reads those files directly; the HTTP backend inlines each file
+as a base64 data URL only while sending its request (``inline_media``), or keeps ``file://`` for
+a server on the same filesystem (``keye serve local``). The prediction-cache key
+(``prompt_hash``) hashes media *content*, streamed in chunks (``media_digest``), so the key
+survives moving the data root or the media folder, and changes when a file's bytes change.
 Prompt wording follows each benchmark's official template; where the official one is not
 public or depends on a GPT judge we note it as *inferred*.
 """
@@ -33,8 +36,10 @@ import functools
 import hashlib
 import json
 import mimetypes
+import os
+import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +53,10 @@ Record = dict[str, Any]
 
 @dataclass(frozen=True)
 class Prompt:
-    """One question as the model sees it: text plus media (bytes for images, paths for videos)."""
+    """One question as the model sees it: text plus media files (images, videos)."""
 
     text: str
-    images: tuple[bytes, ...] = ()
+    images: tuple[Path, ...] = ()
     videos: tuple[Path, ...] = ()
 
 
@@ -60,7 +65,8 @@ class Benchmark:
     """A benchmark's file patterns, required record fields, id field and prompt builder.
 
     ``required`` is what a released record must hold to be asked (media included); ``scored``
-    the subset the official scorer reads (``score()`` checks only those: media are not needed).
+    the subset the official scorer reads (``score()`` checks only those: media are not needed);
+    ``images`` the fields that may carry an image (inline ones are decoded to files on loading).
     """
 
     name: str
@@ -70,6 +76,7 @@ class Benchmark:
     build: Callable[[Record, Path], Prompt]
     published: float | None = None  # Keye-VL-671B-A37B score (REFERENCE §2), percent
     scored: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,23 +87,62 @@ def _b64decode(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
-def image_bytes(value: Any, root: Path, where: str) -> bytes:
-    """Bytes of an image field: HF ``{"bytes", "path"}`` dict, base64 string, or relative path."""
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
+_IMAGE_EXT = {"image/png": ".png", "image/gif": ".gif", "image/webp": ".webp", "image/jpeg": ".jpg"}
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a base64 string taken for a path: name too long
+        return False
+
+
+def store_image(data: bytes, media_dir: Path) -> Path:
+    """Write image bytes once to ``media_dir`` under their content hash; the file's path."""
+    name = hashlib.sha256(data).hexdigest()[:32] + _IMAGE_EXT[sniff_image_mime(data)]
+    path = media_dir / name
+    if not path.is_file():
+        media_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")  # atomic: never a half-written image
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path.absolute()
+
+
+def image_to_file(value: Any, folder: Path, media_dir: Path) -> Any:
+    """An image field with inline bytes/base64 replaced by the path of its decoded file.
+
+    Paths (to files under ``folder``) are kept; a value that is neither is returned unchanged,
+    for the prompt builder to reject naming its record.
+    """
     if isinstance(value, Mapping):
         if value.get("bytes"):
-            return bytes(value["bytes"])
-        value = value.get("path")
+            return str(store_image(bytes(value["bytes"]), media_dir))
+        return value.get("path")
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
+        return str(store_image(bytes(value), media_dir))
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: empty image field")
-    candidate = root / value
-    if len(value) < 512 and candidate.is_file():
-        return candidate.read_bytes()
+        return value
+    if len(value) < 512 and _is_file(folder / value):
+        return value
+    if not _BASE64.fullmatch(value):
+        return value
     try:
-        return _b64decode(value)
-    except ValueError as err:
-        raise ValueError(f"{where}: image is neither a file under {root} nor base64") from err
+        return str(store_image(_b64decode(value), media_dir))
+    except ValueError:
+        return value
+
+
+def image_path(value: Any, root: Path, where: str) -> Path:
+    """The image file an image field names: a path relative to ``root`` (or absolute)."""
+    if isinstance(value, Mapping):
+        value = value.get("path")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: empty or inline image field (load records with load_benchmark)")
+    if len(value) < 4096 and _is_file(root / value):
+        return (root / value).absolute()
+    raise ValueError(f"{where}: image is neither a file under {root} nor base64")
 
 
 def video_path(root: Path, candidates: list[str], where: str) -> Path:
@@ -140,15 +186,15 @@ def _vlmeval_mcq(item: Record, root: Path) -> Prompt:
     if options:
         text += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in options.items())
         text += "Please select the correct answer from the options above. \n"
-    return Prompt(text, (image_bytes(item["image"], root, f"index {item.get('index')}"),))
+    return Prompt(text, (image_path(item["image"], root, f"index {item.get('index')}"),))
 
 
-def _numbered_images(item: Record, root: Path, prefix: str, count: int) -> tuple[bytes, ...]:
+def _numbered_images(item: Record, root: Path, prefix: str, count: int) -> tuple[Path, ...]:
     out = []
     for k in range(1, count + 1):
         value = item.get(f"{prefix}{k}")
         if value is not None and value != "" and value != {}:
-            out.append(image_bytes(value, root, f"{item.get('id')} {prefix}{k}"))
+            out.append(image_path(value, root, f"{item.get('id')} {prefix}{k}"))
     return tuple(out)
 
 
@@ -188,7 +234,7 @@ def _mathvista(item: Record, root: Path) -> Prompt:
                 f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(choices)
             )
     image = item.get("decoded_image") or item.get("image")
-    return Prompt(text, (image_bytes(image, root, f"pid {item.get('pid')}"),))
+    return Prompt(text, (image_path(image, root, f"pid {item.get('pid')}"),))
 
 
 def _olympiadbench(item: Record, root: Path) -> Prompt:
@@ -277,7 +323,7 @@ def _visulogic(item: Record, root: Path) -> Prompt:
         "step-by-step reasoning. Think about the reasoning process first and answer the question "
         "following this format: Answer: \\boxed{$LETTER}"
     )
-    return Prompt(text, (image_bytes(item["image_path"], root, f"id {item.get('id')}"),))
+    return Prompt(text, (image_path(item["image_path"], root, f"id {item.get('id')}"),))
 
 
 _MCQ_FIELDS = ("index", "question", "answer", "image", "A", "B")
@@ -294,6 +340,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             _vlmeval_mcq,
             95.74,
             _MCQ_SCORED,
+            ("image",),
         ),
         Benchmark(
             "mmbench_cn",
@@ -303,6 +350,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             _vlmeval_mcq,
             94.27,
             _MCQ_SCORED,
+            ("image",),
         ),
         Benchmark(
             "mmmu",
@@ -312,10 +360,27 @@ BENCHMARKS: dict[str, Benchmark] = {
             _mmmu,
             83.78,
             ("id", "answer"),
+            tuple(f"image_{k}" for k in range(1, 8)),
         ),
-        Benchmark("mmstar", ("*.tsv",), _MCQ_FIELDS, "index", _vlmeval_mcq, 86.67, _MCQ_SCORED),
         Benchmark(
-            "realworldqa", ("*.tsv",), _MCQ_FIELDS, "index", _vlmeval_mcq, 86.54, _MCQ_SCORED
+            "mmstar",
+            ("*.tsv",),
+            _MCQ_FIELDS,
+            "index",
+            _vlmeval_mcq,
+            86.67,
+            _MCQ_SCORED,
+            ("image",),
+        ),
+        Benchmark(
+            "realworldqa",
+            ("*.tsv",),
+            _MCQ_FIELDS,
+            "index",
+            _vlmeval_mcq,
+            86.54,
+            _MCQ_SCORED,
+            ("image",),
         ),
         Benchmark(
             "mathvista",
@@ -325,6 +390,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             _mathvista,
             86.2,
             ("pid", "answer", "question_type", "answer_type"),
+            ("decoded_image", "image"),
         ),
         Benchmark(
             "visulogic",
@@ -334,6 +400,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             _visulogic,
             35.4,
             ("id", "label"),
+            ("image_path",),
         ),
         Benchmark(
             "olympiadbench",
@@ -343,6 +410,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             _olympiadbench,
             74.92,
             ("id", "final_answer"),
+            tuple(f"image_{k}" for k in range(1, 6)),
         ),
         Benchmark(
             "mmvu",
@@ -386,44 +454,72 @@ def get_benchmark(name: str) -> Benchmark:
 # loading released files
 
 
-def _read_tsv(path: Path) -> list[Record]:
+def _read_tsv(path: Path, to_file: Callable[[Any], Any]) -> list[Record]:
     csv.field_size_limit(sys.maxsize)
+    rows: list[Record] = []
+    stored: set[str] = set()  # indices of rows whose own image was inline (now a file)
     with path.open(newline="", encoding="utf-8") as f:
-        rows = [dict(r) for r in csv.DictReader(f, delimiter="\t")]
+        # Row by row, so at most one row's base64 image is held at a time.
+        for raw in csv.DictReader(f, delimiter="\t"):
+            row = dict(raw)
+            image = row.get("image")
+            if isinstance(image, str) and len(image) > 64:
+                row["image"] = to_file(image)
+                stored.add(str(row.get("index")))
+            rows.append(row)
     # VLMEvalKit stores an image once; other rows may hold the index of the row that has it.
     by_index = {str(r.get("index")): r.get("image") for r in rows}
     for row in rows:
         image = row.get("image") or ""
-        if (
-            image
-            and len(image) <= 64
-            and image in by_index
-            and by_index[image]
-            and len(by_index[image]) > 64
-        ):
+        if str(row.get("index")) in stored:
+            continue
+        if image and len(image) <= 64 and image in stored:
             row["image"] = by_index[image]
+        elif image:
+            row["image"] = to_file(image)
     return rows
 
 
-def _read_records(path: Path) -> list[Record]:
-    if path.suffix == ".tsv":
-        return _read_tsv(path)
+def _iter_records(path: Path) -> Iterator[Record]:
     if path.suffix == ".jsonl":
-        return [
-            json.loads(line)
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+        return
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        # Batch by batch: inline image bytes of the whole file are never held at once.
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
+            yield from batch.to_pylist()
+        return
     data = json.loads(path.read_text(encoding="utf-8"))
     if isinstance(data, Mapping):  # MathVista: {pid: record}
-        return [{"pid": str(k), **v} if "pid" not in v else dict(v) for k, v in data.items()]
+        yield from ({"pid": str(k), **v} if "pid" not in v else dict(v) for k, v in data.items())
+        return
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list or object of records")
-    return data
+    yield from data
+
+
+def _read_records(path: Path, bench: Benchmark, media_dir: Path) -> list[Record]:
+    """Records of one released file, inline images decoded to files in ``media_dir`` as read."""
+    folder = path.parent
+
+    def to_file(value: Any) -> Any:
+        return image_to_file(value, folder, media_dir)
+
+    if path.suffix == ".tsv":
+        return _read_tsv(path, to_file)
+    out = []
+    for rec in _iter_records(path):
+        if isinstance(rec, dict):
+            for name in bench.images:
+                if rec.get(name) is not None:
+                    rec[name] = to_file(rec[name])
+        out.append(rec)
+    return out
 
 
 def find_files(root: Path, bench: Benchmark) -> list[Path]:
@@ -456,15 +552,20 @@ def validate(
 
 
 def load_benchmark(
-    root: str | Path, name: str, limit: int | None = None
+    root: str | Path, name: str, limit: int | None = None, media_dir: str | Path | None = None
 ) -> tuple[list[Record], Path]:
-    """Records of benchmark ``name`` under a local data root, validated; and the media folder."""
+    """Records of benchmark ``name`` under a local data root, validated; and the media folder.
+
+    Inline images are decoded once into ``media_dir`` (default ``<root>/<name>/.media``; the
+    stage passes a scratch folder) and their fields replaced by the files' absolute paths.
+    """
     bench = get_benchmark(name)
     root = Path(root)
+    media_dir = Path(media_dir) if media_dir is not None else root / name / ".media"
     records: list[Record] = []
     files = find_files(root, bench)
     for path in files:
-        records.extend(_read_records(path))
+        records.extend(_read_records(path, bench, media_dir))
     validate(records, bench, ", ".join(str(p) for p in files))
     if limit is not None:
         records = _limit(records, bench, limit)
@@ -485,12 +586,10 @@ def _limit(records: list[Record], bench: Benchmark, limit: int) -> list[Record]:
 
 
 def to_messages(prompt: Prompt, suffix: str) -> list[dict]:
-    """OpenAI chat messages: media parts first (videos as ``file://`` URLs), then text + suffix."""
+    """OpenAI chat messages: media parts first (as ``file://`` URLs), then text + suffix."""
     parts: list[dict] = []
-    for data in prompt.images:
-        parts.append(
-            {"type": "image_url", "image_url": {"url": data_url(data, sniff_image_mime(data))}}
-        )
+    for path in prompt.images:
+        parts.append({"type": "image_url", "image_url": {"url": Path(path).absolute().as_uri()}})
     for path in prompt.videos:
         parts.append({"type": "video_url", "video_url": {"url": Path(path).absolute().as_uri()}})
     parts.append({"type": "text", "text": prompt.text + suffix})

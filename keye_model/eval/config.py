@@ -65,7 +65,7 @@ class EvalConfig:
     )
     media_urls: str = field(
         "data",
-        help="HTTP backend: how videos travel - 'data' (base64 data URLs read per request, any "
+        help="HTTP backend: how images and videos travel - 'data' (base64 data URLs read per request, any "
         "server) or 'file' (file:// URLs, a server sharing this filesystem: keye serve local).",
     )
     judge_endpoint: str = field(

@@ -5,7 +5,9 @@
 
 Steps: read and validate every benchmark's released files (local or ``s3://``; nothing is
 downloaded from the internet) before any model work; build the official prompts with the
-configured thinking suffix; ask only what the prediction cache lacks (in-process model or an
+configured thinking suffix (inline benchmark images are decoded once to files in a scratch
+media folder, removed at the end; requests carry ``file://`` paths, never image bytes); ask
+only what the prediction cache lacks (in-process model or an
 OpenAI-compatible endpoint); score with each benchmark's official rule; write
 ``results/<bench>.json``, ``report.json``, ``report.md`` and ``comparison.png``; log metrics,
 the report and the plot to MLflow.
@@ -111,8 +113,8 @@ def make_backend(cfg: EvalConfig, model: str | None, endpoint: str | None, work:
             backoff_base_s=cfg.backoff_base_s,
             media_urls=cfg.media_urls,
         )
-    # Videos arrive as file:// paths and are read in place; the generator's own temporary
-    # media folder (only used for data URLs) is removed when the backend closes.
+    # Images and videos arrive as file:// paths and are read in place; the generator's own
+    # temporary media folder (only used for data URLs) is removed when the backend closes.
     return InProcessBackend(
         _local_dir(model, work, "model"),
         batch_size=cfg.batch_size,
@@ -138,14 +140,20 @@ def evaluate(
 
     if backend is None:
         _check_config(cfg, model, endpoint)
-    if not storage.is_s3(output):
-        return _evaluate_in(cfg, model, endpoint, data, output, backend, storage.local_path(output))
-    # S3 output: work in a scratch folder, uploaded at the end and always removed.
-    work = scratch_dir("keye-eval-")
+    # Decoded benchmark images: a copy of the data, so kept out of the output and always removed.
+    media = scratch_dir("keye-eval-media-")
     try:
-        return _evaluate_in(cfg, model, endpoint, data, output, backend, work)
+        if not storage.is_s3(output):
+            local = storage.local_path(output)
+            return _evaluate_in(cfg, model, endpoint, data, output, backend, local, media)
+        # S3 output: work in a scratch folder, uploaded at the end and always removed.
+        work = scratch_dir("keye-eval-")
+        try:
+            return _evaluate_in(cfg, model, endpoint, data, output, backend, work, media)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(media, ignore_errors=True)
 
 
 def _evaluate_in(
@@ -156,8 +164,9 @@ def _evaluate_in(
     output: str,
     backend,
     work: Path,
+    media: Path,
 ) -> StageResult:
-    """``evaluate`` with its working folder ``work`` (the output itself, or a scratch folder)."""
+    """``evaluate`` in working folder ``work`` (output or scratch), images decoded into ``media``."""
     from keye_model.eval import report
     from keye_model.eval.backends import PredictionCache, model_fingerprint
     from keye_model.eval.benchmarks import load_benchmark
@@ -178,7 +187,7 @@ def _evaluate_in(
         )
     else:
         data_root = _local_dir(data, work, "data")
-    loaded = {b: load_benchmark(data_root, b, cfg.limit or None) for b in cfg.benchmarks}
+    loaded = {b: load_benchmark(data_root, b, cfg.limit or None, media) for b in cfg.benchmarks}
     requests = {b: build_requests(cfg, b, recs, media) for b, (recs, media) in loaded.items()}
 
     # 2. which model answers: the prediction cache refuses answers written for another one
