@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from keye_model.cli import main
 from keye_model.config_utils import parse_assignments
 from keye_model.recipe import Recipe, load_recipe
 from keye_model.tracking import pipeline_run, stage_run
+from tests.servers import free_port
 
 
 def test_recipe_overrides_are_typed_and_unknown_fields_are_named():
@@ -62,16 +62,10 @@ def test_stage_runs_nest_under_the_pipeline_run_and_keep_artifacts_out_of_cwd(
     assert child.info.artifact_uri.startswith(f"file://{os.environ['KEYE_HOME']}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_mlflow_server(tmp_path):
     """`mlflow server` on a free 127.0.0.1 port; retried if another process takes the port first."""
     for _attempt in range(3):
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(
             [
                 sys.executable,

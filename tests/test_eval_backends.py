@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,14 +27,9 @@ from keye_model.eval.backends import (
 )
 from keye_model.eval.config import EvalConfig
 from keye_model.eval.stage import evaluate
+from tests.servers import free_port, serve_app
 
 BENCHES = ["mmbench_en", "mathvista", "videomme", "mmmu"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +78,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def server(env, model_dir):
-    port = _free_port()
+    port = free_port()
     log = open(env / "server.log", "w")
     proc = subprocess.Popen(
         [
@@ -304,7 +297,6 @@ def test_bad_input_fails_before_model_work(env, data_dir, cfg):
 
 def test_openai_client_retries_with_backoff_then_gives_up():
     """A real flaky HTTP server on 127.0.0.1: 503 twice, then a completion."""
-    import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
@@ -319,36 +311,20 @@ def test_openai_client_retries_with_backoff_then_gives_up():
             return JSONResponse({"error": "busy"}, status_code=503)
         return {"choices": [{"message": {"role": "assistant", "content": "B"}}]}
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        client = OpenAIBackend(
-            f"http://127.0.0.1:{port}", model="m", retries=3, backoff_base_s=0.01
-        )
+    with serve_app(app) as url:
+        client = OpenAIBackend(url, model="m", retries=3, backoff_base_s=0.01)
         assert client.complete("hello") == "B"
         assert client.calls == 3  # two 503s, then success
-        client = OpenAIBackend(
-            f"http://127.0.0.1:{port}", model="m", retries=2, backoff_base_s=0.01
-        )
+        client = OpenAIBackend(url, model="m", retries=2, backoff_base_s=0.01)
         req = Request("b", "1", "h", [{"role": "user", "content": "always-fail"}], 4)
         with pytest.raises(RequestFailed, match="after 3 attempt"):
             client.run([req], lambda r, t: None)
         # a request slower than the timeout is retried, then reported as a timeout
-        client = OpenAIBackend(
-            f"http://127.0.0.1:{port}", model="m", retries=1, timeout_s=0.2, backoff_base_s=0.01
-        )
+        client = OpenAIBackend(url, model="m", retries=1, timeout_s=0.2, backoff_base_s=0.01)
         slow = Request("b", "2", "h", [{"role": "user", "content": "slow"}], 4)
         with pytest.raises(RequestFailed, match="ReadTimeout"):
             client.run([slow], lambda r, t: None)
         assert client.calls == 2
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_llm_judge_goes_through_the_same_client(env, server, model_dir, data_dir, cfg):

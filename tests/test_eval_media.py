@@ -9,14 +9,10 @@ carried base64 in a VLMEvalKit TSV as RealWorldQA releases them.
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import io
 import json
 import shutil
-import socket
-import threading
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from keye_model.eval.backends import OpenAIBackend, Request, RequestFailed
 from keye_model.eval.benchmarks import load_benchmark, prompt_hash
 from keye_model.eval.config import EvalConfig
 from keye_model.eval.stage import build_requests
+from tests.servers import serve_app
 
 VIDEO = Path("/work/shared/fixtures/real/video4.mp4")
 IMAGE_SIDE = 560  # 560 x 560 RGB noise: ~0.94 MB as PNG
@@ -189,7 +186,7 @@ def test_http_backend_inlines_images_per_request_or_sends_file_urls(tmp_path):
 
     images = [_noise_png(seed) for seed in range(3)]
     requests = _image_requests(_realworldqa(tmp_path / "data", images), tmp_path / "media")
-    with _serve(app) as url:
+    with serve_app(app) as url:
         answers = {}
         OpenAIBackend(url, model="m", concurrency=2).run(
             requests, lambda r, t: answers.__setitem__(r.index, t)
@@ -201,30 +198,6 @@ def test_http_backend_inlines_images_per_request_or_sends_file_urls(tmp_path):
         OpenAIBackend(url, model="m", media_urls="file").run(requests[:1], lambda r, t: None)
         assert seen == [requests[0].messages[0]["content"][0]["image_url"]["url"]]
         assert seen[0].startswith("file://")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serve(app):
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_http_backend_inlines_videos_per_request_or_sends_file_urls(tmp_path):
@@ -247,7 +220,7 @@ def test_http_backend_inlines_videos_per_request_or_sends_file_urls(tmp_path):
         state["most"] = max(state["most"], state["live"])
         return real_inline(messages)
 
-    with _serve(app) as url:
+    with serve_app(app) as url:
         client = OpenAIBackend(url, model="m", concurrency=2)
         answers = {}
         benchmarks.inline_media = counting_inline
@@ -289,7 +262,7 @@ def test_malformed_200_response_is_retried_then_named():
             return PlainTextResponse("<html>proxy hiccup</html>", status_code=200)
         return {"choices": [{"message": {"role": "assistant", "content": "fine"}}]}
 
-    with _serve(app) as url:
+    with serve_app(app) as url:
         client = OpenAIBackend(url, model="m", retries=2, backoff_base_s=0.01)
         assert client.complete("hi") == "fine"  # the garbled first answer was asked again
         assert client.calls == 2
