@@ -32,7 +32,7 @@ from keye_model.data.operators import build_filters
 from keye_model.data.readers import WorkUnit
 from keye_model.data.records import Sample
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real"
 WORDS = "a photo of people walking along a river near old houses with trees and boats under a cloudy sky".split()
 
 

@@ -35,7 +35,7 @@ from keye_model.processing import KeyeImageProcessor
 from keye_model.processing.image import KEYE_VL_UTILS_MAX_PIXELS
 from keye_model.processing.peer import load_keye_vl_utils
 
-FIXTURES = Path("/work/shared/fixtures/real")
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real"
 MEAN = STD = (0.5, 0.5, 0.5)
 PATCH = 14
 

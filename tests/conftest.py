@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "real"
+# Real photos, charts, a screenshot and two videos (origins in tests/fixtures/README.md).
+FIXTURES = REPO / "tests" / "fixtures" / "real"
+TEST_DATA = REPO / "tests" / "data"
 
 os.environ.setdefault("KEYE_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

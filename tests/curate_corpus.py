@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "real"
 PHOTOS = sorted(p.name for p in FIXTURES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 CAPTIONS = [
     "A bird perched on a thin branch against a pale sky.",

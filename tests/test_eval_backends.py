@@ -27,6 +27,7 @@ from keye_model.eval.backends import (
 )
 from keye_model.eval.config import EvalConfig
 from keye_model.eval.stage import evaluate
+from tests.conftest import FIXTURES
 from tests.servers import free_port, serve_app
 
 BENCHES = ["mmbench_en", "mathvista", "videomme", "mmmu"]
@@ -260,7 +261,7 @@ def test_generator_media_folder_is_removed_on_close(model_dir):
     from keye_model.eval.benchmarks import data_url
     from keye_model.eval.generation import LocalGenerator
 
-    video = Path("/work/shared/fixtures/real/video1.mp4").read_bytes()
+    video = (FIXTURES / "video1.mp4").read_bytes()
     generator = LocalGenerator(model_dir)
     folder = generator.media_cache
     written = generator._video_file(data_url(video, "video/mp4"), "test")

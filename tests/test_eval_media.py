@@ -2,7 +2,7 @@
 content-hashed cache keys, and an HTTP client that survives malformed answers.
 
 Real HTTP servers (FastAPI + uvicorn on 127.0.0.1) record what the client sends; real videos
-come from the shared fixtures; images are random-noise PNGs (incompressible, so ~1 MB each)
+come from the real fixtures (tests/fixtures/real); images are random-noise PNGs (incompressible, so ~1 MB each)
 carried base64 in a VLMEvalKit TSV as RealWorldQA releases them.
 """
 
@@ -22,9 +22,10 @@ from keye_model.eval.backends import OpenAIBackend, Request, RequestFailed
 from keye_model.eval.benchmarks import load_benchmark, prompt_hash
 from keye_model.eval.config import EvalConfig
 from keye_model.eval.stage import build_requests
+from tests.conftest import FIXTURES
 from tests.servers import serve_app
 
-VIDEO = Path("/work/shared/fixtures/real/video4.mp4")
+VIDEO = FIXTURES / "video4.mp4"
 IMAGE_SIDE = 560  # 560 x 560 RGB noise: ~0.94 MB as PNG
 
 

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from keye_model.serve import helm
+from tests.conftest import TEST_DATA
 from keye_model.serve.validate import (
+    K8S_SCHEMAS,
+    LWS_CRD_NAME,
     crd_schemas,
     load_documents,
     strict_schema,
@@ -25,10 +28,10 @@ from keye_model.serve.validate import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 CHART = REPO / "helm" / "keye-serve"
-SEED = SHARED / "seeds" / "001_217728e8ddb6afde.txt"
-LWS_CRD = SHARED / "k8s" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+# The model card text with the two-node SGLang commands (tests/fixtures/README.md names its source).
+SEED = TEST_DATA / "keye_model_card_serving.txt"
+LWS_CRD = K8S_SCHEMAS / LWS_CRD_NAME
 VALUES_FILES = sorted(CHART.glob("values-*.yaml")) + sorted((CHART / "ci").glob("*.yaml"))
 K8S = "1.30"
 
@@ -52,7 +55,7 @@ def pod_specs(docs: list[dict]) -> tuple[dict, dict]:
 
 
 def test_shared_inputs_present():
-    """The seed and the LWS CRD live in ../shared beside the repo (as in CI)."""
+    """The model card text and the LWS CRD ship inside the repository."""
     assert SEED.is_file(), f"missing {SEED}"
     assert LWS_CRD.is_file(), f"missing {LWS_CRD}"
     assert len(VALUES_FILES) >= 3

@@ -19,10 +19,15 @@ import pytest
 import yaml
 
 from keye_model.serve import cluster, helm
-from keye_model.serve.validate import load_documents, validate_manifests
+from keye_model.serve.validate import (
+    K8S_SCHEMAS,
+    LWS_CRD_NAME,
+    load_documents,
+    validate_manifests,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-LWS_CRD = REPO.parent / "shared" / "k8s" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+LWS_CRD = K8S_SCHEMAS / LWS_CRD_NAME
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/leaderworkersets.leaderworkerset.x-k8s.io"
 
 

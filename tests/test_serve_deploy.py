@@ -19,10 +19,15 @@ from keye_model.config_utils import apply_overrides
 from keye_model.serve import cluster, helm
 from keye_model.serve.config import ServeConfig
 from keye_model.serve.deploy import deploy
-from keye_model.serve.validate import load_documents, validate_manifests
+from keye_model.serve.validate import (
+    K8S_SCHEMAS,
+    LWS_CRD_NAME,
+    load_documents,
+    validate_manifests,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-LWS_CRD = REPO.parent / "shared" / "k8s" / "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+LWS_CRD = K8S_SCHEMAS / LWS_CRD_NAME
 
 
 @pytest.fixture

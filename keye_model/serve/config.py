@@ -74,8 +74,8 @@ class ServeConfig:
     )
     lws_crd: str = field(
         "",
-        help="LeaderWorkerSet CRD YAML to validate against; '' = $KEYE_LWS_CRD, ../shared/k8s beside "
-        "the repo, or the cluster's installed CRD.",
+        help="LeaderWorkerSet CRD YAML to validate against; '' = $KEYE_LWS_CRD, else the cluster's "
+        "installed CRD when one answers, else the copy shipped in keye_model/k8s/ (lws, controller-gen v0.17.2).",
     )
     install: bool = field(
         True, help="helm upgrade --install when a cluster is reachable (False: render only)."

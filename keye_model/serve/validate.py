@@ -19,6 +19,8 @@ from typing import Any
 
 LWS_API = "leaderworkerset.x-k8s.io"
 LWS_CRD_NAME = "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+# CRDs shipped as package data, with their upstream source in keye_model/k8s/README.md.
+K8S_SCHEMAS = Path(__file__).resolve().parents[1] / "k8s"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # Kinds whose name becomes a DNS label (Service names, LWS pod hostnames).
@@ -87,16 +89,13 @@ def load_documents(text: str) -> list[dict[str, Any]]:
 
 
 def default_lws_crd() -> Path | None:
-    """The LWS CRD file: $KEYE_LWS_CRD, else ``<repo>/../shared/k8s/``; None if neither exists."""
-    from keye_model.serve.helm import REPO_ROOT
-
-    for path in (
-        os.environ.get("KEYE_LWS_CRD", ""),
-        REPO_ROOT.parent / "shared" / "k8s" / LWS_CRD_NAME,
-    ):
-        if path and Path(path).is_file():
-            return Path(path)
-    return None
+    """The LWS CRD file: ``$KEYE_LWS_CRD`` if set, else the copy shipped in ``keye_model/k8s/``."""
+    override = os.environ.get("KEYE_LWS_CRD", "")
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"KEYE_LWS_CRD={override}: no such file")
+        return Path(override)
+    return K8S_SCHEMAS / LWS_CRD_NAME
 
 
 def strict_schema(schema: Any) -> Any:
