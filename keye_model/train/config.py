@@ -84,6 +84,11 @@ class LaunchConfig:
     cpu_per_node: int = field(96, help="CPU cores requested per node.")
     memory_per_node_gb: int = field(1600, help="Host memory requested per node in GB.")
     namespace: str = field("kubeflow", help="Kubernetes namespace of the training job.")
+    env_secrets: list[str] = field(
+        default_factory=lambda: ["keye-s3", "keye-mlflow"],
+        help="Secrets whose keys become the training pods' environment (S3/MLflow credentials; "
+        "optional). Credential variables are never copied into the job object itself.",
+    )
     timeout_s: float = field(7 * 24 * 3600.0, help="Fail the stage if the job runs longer.")
 
 
