@@ -1,4 +1,4 @@
-"""Component: data curation (``keye_model.data.curate.curate``)."""
+"""Components: data curation (``keye stage curate``), as parallel scan tasks plus one global pass."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
@@ -16,15 +16,9 @@ def curate(
     curated: Output[Dataset],
 ):
     """Filter, de-duplicate, re-sample and synthesize the training pool."""
-    from keye_model.data.curate import curate as run_stage
-    from keye_model.recipe import Recipe
-    from keye_model.stage import enter_pipeline_step, publish, stage_output
+    from keye_model.stages import run_step
 
-    enter_pipeline_step(parent_run_id, run_id)
-    recipe = Recipe.from_json(recipe_json)
-    output = stage_output(storage_root, run_id, "curate")
-    result = run_stage(recipe.curate, list(inputs), output)
-    publish(result, curated, output)
+    run_step("curate", recipe_json, storage_root, run_id, parent_run_id, curated, inputs=inputs)
 
 
 @dsl.component(base_image=TOOLS_IMAGE, install_kfp_package=False)
@@ -38,13 +32,9 @@ def curate_scan(
     shards: list,
 ) -> str:
     """Scan one shard of the inputs (filters, token counts, dedup signatures); a ParallelFor task."""
-    from keye_model.data.curate import curate as run_stage
-    from keye_model.recipe import Recipe
-    from keye_model.stage import enter_pipeline_step, stage_output
+    from keye_model.stages import run_step
 
-    enter_pipeline_step(parent_run_id, run_id)
-    recipe = Recipe.from_json(recipe_json)
-    output = stage_output(storage_root, run_id, "curate")
-    return run_stage(
-        recipe.curate, list(inputs), output, shard_index=shard_index, num_shards=len(shards)
+    options = {"shard_index": shard_index, "num_shards": len(shards)}
+    return run_step(
+        "curate", recipe_json, storage_root, run_id, parent_run_id, options=options, inputs=inputs
     ).message

@@ -1,4 +1,4 @@
-"""Component: serving deploy (``keye_model.serve.deploy.deploy``)."""
+"""Component: serving deploy (``keye stage deploy``)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
@@ -17,13 +17,7 @@ def deploy(
     release: Output[Artifact],
 ):
     """Render, validate and (with a reachable cluster) helm-install keye-serve for the model."""
-    from keye_model.recipe import Recipe
-    from keye_model.serve.deploy import deploy as run_stage
-    from keye_model.stage import enter_pipeline_step, publish, read_manifest, stage_output
+    from keye_model.stages import run_step
 
-    enter_pipeline_step(parent_run_id, run_id)
-    recipe = Recipe.from_json(recipe_json)
-    model_uri = read_manifest(model).outputs["model"]
-    output = stage_output(storage_root, run_id, "deploy")
-    result = run_stage(recipe.serve, model_uri, output)
-    publish(result, release, output)
+    del evaluation  # only orders the step after evaluation: release what was scored
+    run_step("deploy", recipe_json, storage_root, run_id, parent_run_id, release, model=model)

@@ -1,4 +1,4 @@
-"""Component: evaluation (``keye_model.eval.stage.evaluate``)."""
+"""Component: evaluation (``keye stage evaluate``)."""
 
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
@@ -18,21 +18,18 @@ def evaluate(
     report: Output[Metrics],
 ):
     """Score the model on the recipe's benchmarks with each benchmark's official rules."""
-    from keye_model.eval.stage import evaluate as run_stage
-    from keye_model.recipe import Recipe
-    from keye_model.stage import enter_pipeline_step, publish, read_manifest, stage_output
+    from keye_model.stages import run_step
 
-    enter_pipeline_step(parent_run_id, run_id)
-    recipe = Recipe.from_json(recipe_json)
-    model_uri = read_manifest(model).outputs["model"]
-    output = stage_output(storage_root, run_id, "evaluate")
-    result = run_stage(
-        recipe.evaluate,
-        model=model_uri,
-        endpoint=endpoint or None,
-        data=data or None,
-        output=output,
+    result = run_step(
+        "evaluate",
+        recipe_json,
+        storage_root,
+        run_id,
+        parent_run_id,
+        report,
+        model=model,
+        endpoint=endpoint,
+        data=data,
     )
-    publish(result, report, output)
     for name, value in result.metrics.items():
         report.log_metric(name, value)

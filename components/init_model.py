@@ -1,4 +1,4 @@
-"""Component: model assembly (``keye_model.model.assembly.init_model``)."""
+"""Component: model assembly (``keye stage init``)."""
 
 from kfp import dsl
 from kfp.dsl import Model, Output
@@ -17,12 +17,6 @@ def init_model(
     model: Output[Model],
 ):
     """Assemble KeyeViT + a new mlp_AR projector + the DeepSeek-V3 LM (random parts where none given)."""
-    from keye_model.model.assembly import init_model as run_stage
-    from keye_model.recipe import Recipe
-    from keye_model.stage import enter_pipeline_step, publish, stage_output
+    from keye_model.stages import run_step
 
-    enter_pipeline_step(parent_run_id, run_id)
-    recipe = Recipe.from_json(recipe_json)
-    output = stage_output(storage_root, run_id, "init")
-    result = run_stage(recipe.model, output, vision=vision or None, lm=lm or None, seed=recipe.seed)
-    publish(result, model, output)
+    run_step("init", recipe_json, storage_root, run_id, parent_run_id, model, vision=vision, lm=lm)

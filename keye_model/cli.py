@@ -1,10 +1,10 @@
 """The ``keye`` command line: one sub-command per stage, all calling the stage entry functions.
 
     keye run --preset tiny                 # the tiny recipe end to end, locally
-    keye init --preset tiny --output DIR   # assemble a model from parts (or randomly)
-    keye stage curate --preset tiny --output DIR
-    keye stage evaluate --preset tiny --model DIR --output DIR
-    keye deploy --model URI                # helm upgrade --install keye-serve
+    keye stage --help                      # every stage: curate, init, align, ..., deploy
+    keye stage init --output DIR           # assemble a model from parts (or randomly)
+    keye stage align --model DIR --data DIR --output DIR
+    keye stage deploy --model URI --output DIR   # helm upgrade --install keye-serve
     keye serve local --model DIR           # OpenAI-compatible server on 127.0.0.1
     keye recipe show --preset tiny         # print the full recipe as JSON
 
@@ -18,12 +18,12 @@ import importlib
 import sys
 from dataclasses import dataclass
 
+from keye_model.stage import StageFailed
+
 # Modules that add sub-commands. Each defines ``register(commands: Commands) -> None``.
 COMMAND_MODULES = [
     "keye_model.recipe_cli",
-    "keye_model.model.cli",
-    "keye_model.serve.cli",
-    "keye_model.data.cli",
+    "keye_model.stages_cli",
     "keye_model.eval.cli",
     "pipelines.cli",
 ]
@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input: one clear line naming the field or file, no traceback.
         print(f"keye: error: {err}", file=sys.stderr)
         return 2
+    except (TimeoutError, StageFailed) as err:
+        # The work ran but did not succeed (e.g. a release that does not answer): say so plainly.
+        print(f"keye: failed: {err}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

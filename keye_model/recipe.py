@@ -16,7 +16,9 @@ from typing import Any
 from keye_model.config_utils import apply_overrides, field, to_dict
 from keye_model.data.config import CurateConfig
 from keye_model.eval.config import ALL_BENCHMARKS, EvalConfig
+from keye_model.model.init_config import InitConfig
 from keye_model.serve.config import ServeConfig
+from keye_model.train.config import TrainConfig, align_stage, anneal_stage, sft_stage
 
 
 @dataclass
@@ -24,9 +26,21 @@ class Recipe:
     """Every stage's configuration for one run of the Keye-VL recipe."""
 
     name: str = field("tiny", help="Preset this recipe was built from.")
-    model: str = field("tiny", help="Model preset (KeyeVLMoeConfig.from_preset name).")
-    seed: int = field(0, help="Global seed.")
     curate: CurateConfig = field(default_factory=CurateConfig, help="Data curation stage.")
+    init: InitConfig = field(default_factory=InitConfig, help="Model assembly stage.")
+    align: TrainConfig = field(
+        default_factory=lambda: align_stage(TrainConfig()),
+        help="Projector alignment: only mlp_AR trains.",
+    )
+    pretrain: TrainConfig = field(default_factory=TrainConfig, help="Full pretraining.")
+    anneal: TrainConfig = field(
+        default_factory=lambda: anneal_stage(TrainConfig()),
+        help="Annealing: high-quality data, LR decaying to zero.",
+    )
+    sft: TrainConfig = field(
+        default_factory=lambda: sft_stage(TrainConfig()),
+        help="Supervised fine-tuning on instructions + long CoT.",
+    )
     evaluate: EvalConfig = field(default_factory=EvalConfig, help="Evaluation stage.")
     serve: ServeConfig = field(default_factory=ServeConfig, help="Serving deploy step.")
 
@@ -57,7 +71,7 @@ def tiny() -> Recipe:
     """Trains end to end on 2 CPU cores in minutes; every stage does its real job at toy scale."""
     return Recipe(
         name="tiny",
-        model="tiny",
+        init=InitConfig(preset="tiny"),
         # A few hundred small synthetic samples: the whole curate stage runs in seconds on 1 core.
         curate=dataclasses.replace(
             CurateConfig(), num_synthetic=300, shard_size=64, synthetic_max_side=320, num_workers=1
@@ -72,7 +86,7 @@ def keye_vl_671b_a37b() -> Recipe:
     """The published Keye-VL-671B-A37B recipe (2 x 8 H800 serving, TP 16)."""
     return Recipe(
         name="keye-vl-671b-a37b",
-        model="keye-vl-671b-a37b",
+        init=InitConfig(preset="keye-vl-671b-a37b"),
         curate=dataclasses.replace(
             CurateConfig(),
             num_synthetic=1_000_000,

@@ -26,7 +26,6 @@ from keye_model.processing import (
 from keye_model.processing.image import KEYE_VL_UTILS_MAX_PIXELS, MODEL_CARD_MAX_PIXELS
 from keye_model.processing.peer import load_keye_vl_utils
 from keye_model.processing.tokens import SPECIAL_TOKENS
-from tests.conftest import FIXTURES
 from keye_model.processing.video import (
     SampledVideo,
     decode_video,
@@ -36,6 +35,7 @@ from keye_model.processing.video import (
     select_fast_frames,
     video_token_budget,
 )
+from tests.conftest import FIXTURES
 
 IMAGE_FILES = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
 RGBA_FILES = ("sglang_logo.png", "kfp_ui_screenshot.png", "deepseek_benchmark_chart.png")

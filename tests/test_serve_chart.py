@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from keye_model.serve import helm
-from tests.conftest import TEST_DATA
 from keye_model.serve.validate import (
     K8S_SCHEMAS,
     LWS_CRD_NAME,
@@ -26,6 +25,7 @@ from keye_model.serve.validate import (
     validate_manifests,
     validate_object,
 )
+from tests.conftest import TEST_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "keye-serve"

@@ -16,15 +16,17 @@ import pytest
 import yaml
 
 from keye_model.config_utils import apply_overrides
+from keye_model.recipe import Recipe
 from keye_model.serve import cluster, helm
 from keye_model.serve.config import ServeConfig
-from keye_model.serve.deploy import deploy
 from keye_model.serve.validate import (
     K8S_SCHEMAS,
     LWS_CRD_NAME,
     load_documents,
     validate_manifests,
 )
+from keye_model.stage import MANIFEST
+from keye_model.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 LWS_CRD = K8S_SCHEMAS / LWS_CRD_NAME
@@ -65,12 +67,14 @@ def test_deploy_without_cluster_renders_validates_and_says_not_deployed(no_clust
 
     out = tmp_path / "deploy"
     cfg = ServeConfig(s3_endpoint="http://minio.storage:9000", api_key_secret="keye-api-key")
-    result = deploy(cfg, "s3://models/keye/run-7/final/", str(out))
+    result = run_stage(
+        "deploy", Recipe(serve=cfg), str(out), {"model": "s3://models/keye/run-7/final/"}
+    )
 
     assert result.metrics["deployed"] == 0
     assert result.message.startswith("not deployed: no cluster reachable")
     assert "endpoint" not in result.outputs
-    assert json.loads((out / "result.json").read_text())["metrics"]["deployed"] == 0
+    assert json.loads((out / MANIFEST).read_text())["metrics"]["deployed"] == 0
     manifests = (out / "manifests.yaml").read_text()
     assert validate_manifests(manifests, "1.30", LWS_CRD) == []
     docs = load_documents(manifests)
@@ -106,7 +110,8 @@ def test_cli_deploy_local_model_with_recipe_file(no_cluster, tmp_path, capsys):
         "serve.image=registry.local/keye-serve:abc",
     ]
     assert main(argv) == 0
-    result = json.loads(capsys.readouterr().out)
+    assert capsys.readouterr().out.startswith("deploy: not deployed: no cluster reachable")
+    result = json.loads((out / MANIFEST).read_text())
     assert result["metrics"]["deployed"] == 0 and "not deployed" in result["message"]
     docs = load_documents((out / "manifests.yaml").read_text())
     (lws,) = [d for d in docs if d["kind"] == "LeaderWorkerSet"]
@@ -145,9 +150,9 @@ def test_bad_input_fails_before_anything_is_deployed(
 ):
     cfg = apply_overrides(ServeConfig(), overrides)
     with pytest.raises((ValueError, FileNotFoundError)) as err:
-        deploy(cfg, model, str(tmp_path / "out"))
+        run_stage("deploy", Recipe(serve=cfg), str(tmp_path / "out"), {"model": model})
     assert needle in str(err.value)
-    assert not (tmp_path / "out" / "result.json").exists()
+    assert not (tmp_path / "out" / MANIFEST).exists()
 
 
 def test_missing_helm_says_run_make_setup(monkeypatch, tmp_path):

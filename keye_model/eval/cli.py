@@ -1,4 +1,4 @@
-"""``keye stage evaluate`` and ``keye serve local``: the evaluation stage and the CPU server."""
+"""``keye serve local``: the OpenAI-compatible CPU server (``keye stage evaluate`` comes from the stage registry)."""
 
 from __future__ import annotations
 
@@ -6,41 +6,7 @@ import argparse
 
 
 def register(commands) -> None:
-    """Attach ``keye stage evaluate`` and ``keye serve local``."""
-    from keye_model.cli import add_recipe_args
-
-    ev = commands.stage.add_parser(
-        "evaluate",
-        help="Score a model on the recipe's benchmarks with their official rules.",
-        description="Builds official prompts, queries a model in process (--model) or an OpenAI-compatible "
-        "server (--endpoint), caches predictions (a killed run resumes), scores with each benchmark's "
-        "official rule, and writes JSON/Markdown reports, a comparison plot and MLflow metrics. Without "
-        "--data (tiny preset only) it runs on held-out synthetic sets in the official schemas.",
-    )
-    ev.add_argument(
-        "--model",
-        help="Model directory or s3:// prefix: answered in-process, or, with --endpoint, the "
-        "checkpoint the endpoint serves (recorded in the MLflow registry with the scores).",
-    )
-    ev.add_argument(
-        "--endpoint",
-        help="OpenAI-compatible base URL that answers, e.g. http://127.0.0.1:8000 (SGLang, keye serve local).",
-    )
-    ev.add_argument(
-        "--benchmarks", help="Comma list overriding evaluate.benchmarks, e.g. mmbench_en,mmmu."
-    )
-    ev.add_argument(
-        "--data",
-        help="Root of the released benchmark files (local or s3://), one folder per benchmark.",
-    )
-    ev.add_argument(
-        "--output",
-        required=True,
-        help="Output directory or s3:// prefix (reports, cache, results).",
-    )
-    add_recipe_args(ev)
-    ev.set_defaults(func=_evaluate)
-
+    """Attach ``keye serve local``."""
     serve = _serve_group(commands)
     local = serve.add_parser(
         "local",
@@ -77,26 +43,6 @@ def _serve_group(commands) -> argparse._SubParsersAction:
     group = parser.add_subparsers(dest="serve_command", metavar="ACTION")
     parser.set_defaults(func=lambda _a: parser.print_help() or 2)
     return group
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from keye_model.cli import recipe_from_args
-    from keye_model.config_utils import apply_overrides
-    from keye_model.eval.stage import evaluate
-
-    recipe = recipe_from_args(args)
-    cfg = recipe.evaluate
-    if args.benchmarks:
-        cfg = apply_overrides(cfg, {"benchmarks": args.benchmarks}, prefix="evaluate.")
-    if args.data is None and recipe.name != "tiny":
-        raise ValueError(
-            f"--data is required for preset {recipe.name!r} (held-out synthetic sets are for tiny)"
-        )
-    result = evaluate(
-        cfg, model=args.model, endpoint=args.endpoint, data=args.data, output=args.output
-    )
-    print(result.to_json())
-    return 0
 
 
 def _serve_local(args: argparse.Namespace) -> int:

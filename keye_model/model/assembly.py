@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from safetensors.torch import save_file
 
 from keye_model.log import get_logger
 from keye_model.model.configuration import KeyeVLMoeConfig
+from keye_model.model.init_config import InitConfig
 from keye_model.stage import StageResult
 
 log = get_logger("init")
@@ -400,25 +400,22 @@ def assemble(
 
 
 def init_model(
-    preset: str,
+    cfg: InitConfig,
+    *,
     output: str,
     vision: str | None = None,
     lm: str | None = None,
-    seed: int = 0,
 ) -> StageResult:
     """Stage entry: assemble the model into ``output`` (local or s3://) and track it in MLflow."""
-    from keye_model import storage
     from keye_model.model.params import count_parameters
+    from keye_model.stage import local_output
     from keye_model.tracking import stage_run
 
+    preset, seed = cfg.preset, cfg.seed
     params = {"preset": preset, "vision": vision or "random", "lm": lm or "random", "seed": seed}
     with stage_run("init", params) as tracker:
-        with tempfile.TemporaryDirectory(prefix="keye-init-") as staging:
-            # S3 outputs are staged locally, uploaded, and the staging copy removed.
-            local = Path(staging) if storage.is_s3(output) else Path(output)
+        with local_output(output) as local:
             report = assemble(preset, local, vision=vision, lm=lm, seed=seed)
-            if storage.is_s3(output):
-                storage.sync_up(local, output)
             counts = count_parameters(KeyeVLMoeConfig.from_pretrained(local))
         metrics = {
             "params_total": counts.total,

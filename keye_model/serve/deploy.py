@@ -1,6 +1,6 @@
 """The deploy step: render, validate and (when a cluster answers) install the keye-serve chart.
 
-    keye deploy --model s3://models/keye/run-42/final --output out/deploy --preset keye-vl-671b-a37b
+    keye stage deploy --model s3://models/keye/run-42/final --output out/deploy --preset keye-vl-671b-a37b
 
 1. values from the model URI and ``ServeConfig`` (bad input fails here, before helm runs);
 2. ``helm template`` with the real binary, every object validated offline (``validate.py``);
@@ -23,7 +23,7 @@ from keye_model.serve import cluster, helm, smoke
 from keye_model.serve.config import ServeConfig
 from keye_model.serve.validate import load_documents, validate_manifests
 from keye_model.serve.values import build_values
-from keye_model.stage import StageResult
+from keye_model.stage import StageFailed, StageResult, local_output
 from keye_model.tracking import stage_run
 
 log = get_logger("deploy")
@@ -59,15 +59,16 @@ def _release_objects(manifests: str) -> tuple[str, str, int, int]:
     )
 
 
-def deploy(
-    cfg: ServeConfig, model_uri: str, output: str, parent_run_id: str | None = None
-) -> StageResult:
-    """Render + validate the chart for ``model_uri``; install and smoke-test it when a cluster is reachable."""
+def deploy(cfg: ServeConfig, *, output: str, model: str) -> StageResult:
+    """Render + validate the chart for ``model``; install and smoke-test it when a cluster is reachable."""
+    with local_output(output) as out:
+        return _deploy(cfg, model, output, out)
+
+
+def _deploy(cfg: ServeConfig, model_uri: str, output: str, out: Path) -> StageResult:
     values = build_values(cfg, model_uri)
     helm_bin = helm.find_helm()
     chart = helm.chart_dir(cfg.chart)
-    out = storage.local_path(output)
-    out.mkdir(parents=True, exist_ok=True)
     values_path = out / "values.yaml"
     values_path.write_text(yaml.safe_dump(values, sort_keys=False))
     files = _values_files(cfg, chart, values_path)
@@ -89,7 +90,7 @@ def deploy(
     if errors:
         (out / "validation-errors.txt").write_text("\n".join(errors) + "\n")
         raise ValueError(
-            f"rendered manifests are invalid ({len(errors)} errors, kept in {out}): {errors[0]}"
+            f"rendered manifests are invalid ({len(errors)} errors, kept in {output}): {errors[0]}"
         )
     kinds = sorted({d["kind"] for d in load_documents(manifests)})
     log.info("validated %s against Kubernetes %s", ", ".join(kinds), cfg.kubernetes_version)
@@ -97,7 +98,7 @@ def deploy(
     endpoint = cfg.endpoint or f"http://{svc_name}.{cfg.namespace}.svc:{port}"
 
     details = {"kinds": kinds, "cluster": probe.reason, "server": probe.server, "chart": str(chart)}
-    with stage_run("deploy", cfg, parent_run_id=parent_run_id) as run:
+    with stage_run("deploy", cfg) as run:
         run.log_artifact(values_path, "deploy")
         run.log_artifact(manifests_path, "deploy")
         run.set_tags({"model_uri": model_uri, "release": f"{cfg.namespace}/{cfg.release}"})
@@ -108,7 +109,8 @@ def deploy(
                 else "serve.install is false"
             )
             message = (
-                f"not deployed: {why}; rendered and validated manifests are in {manifests_path}"
+                f"not deployed: {why}; rendered and validated manifests are in "
+                f"{storage.join(output, manifests_path.name)}"
             )
             metrics = {"deployed": 0.0, "objects": float(len(load_documents(manifests)))}
         else:
@@ -136,9 +138,7 @@ def deploy(
                     if cfg.endpoint
                     else " (outside the cluster, set serve.endpoint, e.g. to a port-forward)"
                 )
-                raise smoke.SmokeTestError(
-                    f"installed, but the smoke test failed{hint}: {err}"
-                ) from err
+                raise StageFailed(f"installed, but the smoke test failed{hint}: {err}") from err
             log.info("smoke answer in %.2f s: %s", answer.latency_s, answer.answer[:200])
             run.log_text(answer.answer, "deploy/smoke_answer.txt")
             message = f"deployed {cfg.release} to {probe.server} namespace {cfg.namespace}; endpoint {endpoint}"
@@ -158,10 +158,13 @@ def deploy(
         details["endpoint_if_deployed"] = endpoint
     result = StageResult(
         stage="deploy",
-        outputs={"manifests": str(manifests_path), "values": str(values_path), **outputs_extra},
+        outputs={
+            "manifests": storage.join(output, manifests_path.name),
+            "values": storage.join(output, values_path.name),
+            **outputs_extra,
+        },
         metrics=metrics,
         message=message,
         details=details,
     )
-    result.write(str(out / "result.json"))
     return result

@@ -76,9 +76,12 @@ class LaunchConfig:
     gpus_per_node: int = field(8, help="GPUs requested per node on the cluster.")
     gpu_mem_gb: float = field(80.0, help="Memory of one GPU in GB (H800/H100: 80).")
     zero_stage: int = field(
-        2, help="DeepSpeed ZeRO stage (0-3); 3 shards parameters and registers MoE blocks as leaves."
+        2,
+        help="DeepSpeed ZeRO stage (0-3); 3 shards parameters and registers MoE blocks as leaves.",
     )
-    image: str = field("", help="Training image on the cluster ('' = components.images.TRAIN_IMAGE).")
+    image: str = field(
+        "", help="Training image on the cluster ('' = components.images.TRAIN_IMAGE)."
+    )
     queue: str = field("default", help="Volcano queue of the kubernetes scheduler.")
     shm_size: str = field("64Gi", help="Memory-backed /dev/shm per pod (NCCL, dataloader workers).")
     cpu_per_node: int = field(96, help="CPU cores requested per node.")
@@ -136,3 +139,26 @@ class TrainConfig:
     keep_last: int = field(2, help="Resumable checkpoints kept (older ones are deleted).")
     log_every: int = field(1, help="Log step metrics every this many steps.")
     seed: int = field(0, help="Seed of data order, dropout and init of anything new.")
+
+
+def align_stage(cfg: TrainConfig) -> TrainConfig:
+    """Projector alignment: only the new mlp_AR trains, at a higher LR, on every category."""
+    cfg.trainable = ["mlp_AR"]
+    cfg.optim.lr = 1e-3
+    return cfg
+
+
+def anneal_stage(cfg: TrainConfig) -> TrainConfig:
+    """Annealing: the higher-quality mixture, the LR decaying to exactly zero (cosine to 0)."""
+    cfg.optim.schedule = "cosine"
+    cfg.optim.min_lr_ratio = 0.0
+    cfg.categories = {"chart": 1.0, "table": 1.0, "document": 1.0, "ocr": 1.0, "math_cot": 2.0}
+    return cfg
+
+
+def sft_stage(cfg: TrainConfig) -> TrainConfig:
+    """SFT: instruction data mixed with long CoT, loss on assistant tokens, all thinking modes."""
+    cfg.loss_on = "assistant"
+    cfg.optim.lr = 5e-5
+    cfg.optim.schedule = "cosine"
+    return cfg
