@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "keye_model.recipe_cli",
     "keye_model.stages_cli",
     "keye_model.eval.cli",
+    "keye_model.train.plan_cli",
     "pipelines.cli",
 ]
 
