@@ -13,7 +13,14 @@ give the same predictions for the same request:
   never depend on its neighbours. ``padded`` left-pads any requests into one batch (the model
   keeps the positions of left-padded rows unchanged), which batches far more under concurrency;
   its answers equal unbatched ones up to floating-point ties between top logits;
-- decoding is greedy (``do_sample=False``) and stops at ``<|im_end|>`` or the token budget.
+- decoding is greedy (``do_sample=False``); per request (``SamplingParams``) it stops at
+  ``<|im_end|>`` (unless ``ignore_eos``), at a ``stop`` string (cut from the text, as OpenAI
+  does) or at the token budget, and decodes with or without special tokens
+  (``skip_special_tokens``, default on, as SGLang). Stopping is decided row by row after every
+  decoding step (``_Rows``), which also streams text deltas and lets a running batch be
+  aborted (``keye serve local``'s ``/pause_generation``).
+- ``load_weights`` swaps in another checkpoint of the same architecture between batches (no
+  answer or KV cache outlives a batch, so nothing computed with the old weights is reused).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import io
 import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +47,42 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "abort" (batch stopped by ``abort()``)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What one request asks of greedy decoding; requests batch together only with equal ones."""
+
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()  # cut at the first occurrence; the stop string is not returned
+    ignore_eos: bool = False  # keep generating past <|im_end|> up to the budget
+    skip_special_tokens: bool = True  # SGLang's default; <think> tags are not special
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(
+                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop must hold non-empty strings, got {list(self.stop)!r}")
+
+
+OnDelta = Callable[[str], None]
+
+
+def _remote_url(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
 
 
 def _decode_data_url(url: str, where: str) -> bytes:
+    if _remote_url(url):
+        # Nothing is downloaded: the server may have no network, and fetching arbitrary URLs
+        # on a client's behalf is not this server's job.
+        raise ValueError(
+            f"{where}: remote URL {url[:80]!r} cannot be fetched by keye serve local; send the "
+            "media inline as a base64 data URL (data:image/png;base64,...) or as a file:// path"
+        )
     header, _, payload = url.partition(",")
     if not header.startswith("data:") or ";base64" not in header:
         raise ValueError(f"{where}: only base64 data URLs are supported, got {header[:40]!r}")
@@ -71,6 +110,82 @@ def _part_url(part: dict, key: str, where: str) -> str:
 BATCHING_MODES = ("exact", "padded")
 
 
+class _Rows:
+    """Per-row stopping, streaming and abort, called by ``generate`` after every decoding step.
+
+    A ``transformers`` stopping criterion: given the sequences so far it returns which rows are
+    done. A row is done at a stop token (unless ``ignore_eos``), at a ``stop`` string, at the
+    budget, or for every row when ``abort()`` turns true. Streaming rows get their new text as
+    it forms; text that may still turn into a stop string, or an incomplete UTF-8 character
+    (decoded as U+FFFD), is held back, so the deltas always add up to the final text.
+    """
+
+    def __init__(
+        self,
+        generator: LocalGenerator,
+        params: SamplingParams,
+        rows: int,
+        on_delta: Sequence[OnDelta | None],
+        abort: Callable[[], bool] | None,
+    ):
+        self.generator, self.params, self.abort = generator, params, abort
+        self.on_delta = list(on_delta) if on_delta else [None] * rows
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+        self.reason: list[str | None] = [None] * rows
+        self.sent = [""] * rows
+        # A stop string can start this many characters before the end of the text seen so far.
+        self.hold = max((len(s) for s in params.stop), default=1) - 1
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        stop_ids = () if self.params.ignore_eos else self.generator.stop_ids
+        aborted = self.abort is not None and self.abort()
+        for row, token in enumerate(input_ids[:, -1].tolist()):
+            if self.reason[row] is not None:
+                continue
+            if token in stop_ids:
+                self.reason[row] = "stop"
+            else:
+                self.ids[row].append(token)
+                if self.params.stop or self.on_delta[row] is not None:
+                    text, hit = self.generator.completion_text(self.ids[row], self.params)
+                    if hit:
+                        self.reason[row] = "stop"
+                    else:
+                        self._stream(row, text)
+                if self.reason[row] is None and len(self.ids[row]) >= self.params.max_new_tokens:
+                    self.reason[row] = "length"
+            if self.reason[row] is None and aborted:
+                self.reason[row] = "abort"
+            if self.reason[row] is not None:
+                self._stream(row, self.text(row), final=True)
+        return torch.tensor([r is not None for r in self.reason], device=input_ids.device)
+
+    def text(self, row: int) -> str:
+        """The row's text as returned (stop string and everything after it cut)."""
+        return self.generator.completion_text(self.ids[row], self.params)[0]
+
+    def _stream(self, row: int, text: str, final: bool = False) -> None:
+        on_delta = self.on_delta[row]
+        if on_delta is None:
+            return
+        end = len(text)
+        if not final:
+            end -= self.hold
+            while end > 0 and text[end - 1] == "\ufffd":
+                end -= 1
+        if end <= len(self.sent[row]):
+            return
+        if not text.startswith(
+            self.sent[row]
+        ):  # impossible for byte-level BPE; say so if it happens
+            raise RuntimeError(f"streamed text {self.sent[row]!r} is not a prefix of {text!r}")
+        delta = text[len(self.sent[row]) : end]
+        self.sent[row] += delta
+        on_delta(delta)
+
+
 class LocalGenerator:
     """A model directory loaded on CPU, turning chat requests into greedy completions."""
 
@@ -81,22 +196,18 @@ class LocalGenerator:
         dtype: str = "float32",
         batching: str = "exact",
     ):
-        import torch
-
         if batching not in BATCHING_MODES:
             raise ValueError(f"batching must be one of {BATCHING_MODES}, got {batching!r}")
         self.batching = batching
+        self.dtype = dtype
 
-        from keye_model.model import KeyeVLMoeForConditionalGeneration
         from keye_model.processing import KeyeProcessor
 
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"model directory has no config.json: {self.model_dir}")
         self.processor = KeyeProcessor.from_pretrained(self.model_dir)
-        self.model = KeyeVLMoeForConditionalGeneration.from_pretrained(
-            str(self.model_dir), dtype=getattr(torch, dtype)
-        ).eval()
+        self.model = self._load_model(self.model_dir)
         tok = self.processor.tokenizer
         self.stop_ids = {
             i for i in (tok.convert_tokens_to_ids(IM_END), tok.eos_token_id) if i is not None
@@ -106,13 +217,70 @@ class LocalGenerator:
         self._own_media = None if media_cache else tempfile.TemporaryDirectory(prefix="keye-media-")
         self.media_cache = Path(media_cache or self._own_media.name)
         self.media_cache.mkdir(parents=True, exist_ok=True)
-        # One generation at a time: torch already uses every core for one batch.
+        # One generation (or weight swap) at a time: torch already uses every core for one batch.
         self.lock = threading.Lock()
+
+    def _load_model(self, model_dir: Path):
+        """The model saved in ``model_dir``; ``ValueError`` if tensors are missing or misshaped."""
+        import torch
+
+        from keye_model.model import KeyeVLMoeForConditionalGeneration
+
+        # from_pretrained fills missing tensors with fresh random values: a truncated
+        # checkpoint would serve noise, so the loading report is checked.
+        model, info = KeyeVLMoeForConditionalGeneration.from_pretrained(
+            str(model_dir), dtype=getattr(torch, self.dtype), output_loading_info=True
+        )
+        bad = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "mismatched_keys")}
+        if any(bad.values()):
+            raise ValueError(
+                f"{model_dir}: incomplete checkpoint - "
+                + "; ".join(
+                    f"{k.replace('_', ' ')}: {len(v)}, e.g. {v[:3]}" for k, v in bad.items() if v
+                )
+            )
+        return model.eval()
+
+    def load_weights(self, model_dir: str | Path) -> str:
+        """Replace the weights by another checkpoint of the same architecture; a summary line.
+
+        The new model is loaded and checked (complete, same parameter names and shapes) before
+        the swap, so a bad checkpoint raises ``ValueError`` and the old weights keep serving.
+        The swap waits for the running batch; the processor and tokenizer stay.
+        """
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model_path has no config.json: {path}")
+        new = self._load_model(path)
+        old_shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        new_shapes = {k: tuple(v.shape) for k, v in new.state_dict().items()}
+        if new_shapes != old_shapes:
+            differ = sorted(
+                k
+                for k in old_shapes.keys() | new_shapes.keys()
+                if old_shapes.get(k) != new_shapes.get(k)
+            )
+            raise ValueError(
+                f"{path}: not the served architecture - {len(differ)} parameter(s) missing or "
+                f"shaped differently, e.g. {differ[:3]}"
+            )
+        with self.lock:
+            self.model, self.model_dir = new, path
+        return f"loaded {len(new_shapes)} tensors from {path}"
 
     def close(self) -> None:
         """Remove the media folder if this generator created it."""
         if self._own_media is not None:
             self._own_media.cleanup()
+
+    def clear_media(self) -> int:
+        """Delete the videos written from data URLs (re-written on demand); how many."""
+        removed = 0
+        for path in self.media_cache.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     # ------------------------------------------------------------------ requests -> inputs
 
@@ -174,14 +342,6 @@ class LocalGenerator:
         )
         return text, images, videos
 
-    # ------------------------------------------------------------------ generation
-
-    def _trim(self, ids: list[int]) -> tuple[list[int], str]:
-        for pos, tid in enumerate(ids):
-            if tid in self.stop_ids:
-                return ids[:pos], "stop"
-        return ids, "length"
-
     # Processor outputs the model takes; the vision ones are concatenated over images/frames.
     _MODEL_INPUTS = (
         "input_ids",
@@ -198,8 +358,25 @@ class LocalGenerator:
         inputs = self.processor(text, images=images or None, videos=videos or None)
         return {k: inputs[k] for k in self._MODEL_INPUTS if k in inputs}
 
-    def _run_batch(self, encoded: list[dict[str, Any]], max_new_tokens: int) -> list[Generation]:
+    # ------------------------------------------------------------------ generation
+
+    def completion_text(self, ids: Sequence[int], params: SamplingParams) -> tuple[str, bool]:
+        """Text of generated ``ids`` per ``params``, cut before the first stop string; and whether one was hit."""
+        text = self.processor.decode(
+            list(ids), skip_special_tokens=params.skip_special_tokens
+        ).replace(self.pad_text, "")
+        cuts = [i for i in (text.find(s) for s in params.stop) if i >= 0]
+        return (text[: min(cuts)], True) if cuts else (text, False)
+
+    def _run_batch(
+        self,
+        encoded: list[dict[str, Any]],
+        params: SamplingParams,
+        on_delta: Sequence[OnDelta | None] | None = None,
+        abort: Callable[[], bool] | None = None,
+    ) -> list[Generation]:
         import torch
+        from transformers import StoppingCriteriaList
 
         # Rows are left-padded to the longest prompt (a no-op for equal lengths, the exact
         # mode); vision tensors are concatenated over images/frames, as the processor does.
@@ -214,39 +391,64 @@ class LocalGenerator:
                     torch.nn.functional.pad(t, (longest - t.shape[1], 0), value=fill) for t in parts
                 ]
             kwargs[key] = torch.cat(parts, dim=0)
-        prompt_len = kwargs["input_ids"].shape[1]
+        rows = _Rows(self, params, len(encoded), on_delta or [], abort)
         with torch.inference_mode():
-            out = self.model.generate(
+            # eos_token_id=None: stopping is _Rows' per-row decision (ignore_eos, stop strings),
+            # not the checkpoint's generation_config.
+            self.model.generate(
                 **kwargs,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=params.max_new_tokens,
                 do_sample=False,
-                pad_token_id=self.processor.tokenizer.pad_token_id,
-                eos_token_id=sorted(self.stop_ids),
+                pad_token_id=pad_id,
+                eos_token_id=None,
+                stopping_criteria=StoppingCriteriaList([rows]),
             )
         results = []
-        for enc, row in zip(encoded, out[:, prompt_len:].tolist()):
-            ids, reason = self._trim(row)
-            text = self.processor.decode(ids, skip_special_tokens=False).replace(self.pad_text, "")
-            results.append(Generation(text, enc["input_ids"].shape[1], len(ids), reason))
+        for row, enc in enumerate(encoded):
+            if rows.reason[row] is None:  # generate ended without _Rows seeing the last step
+                rows.reason[row] = "length"
+                rows._stream(row, rows.text(row), final=True)
+            results.append(
+                Generation(
+                    rows.text(row), enc["input_ids"].shape[1], len(rows.ids[row]), rows.reason[row]
+                )
+            )
         return results
 
-    def generate_many(
-        self, requests: Sequence[Sequence[dict]], max_new_tokens: int, max_batch: int = 8
+    def generate_encoded(
+        self,
+        encoded: Sequence[dict[str, Any]],
+        params: SamplingParams,
+        max_batch: int = 8,
+        on_delta: Sequence[OnDelta | None] | None = None,
+        abort: Callable[[], bool] | None = None,
     ) -> list[Generation]:
-        """Completions of several chat requests, batched per ``self.batching``."""
-        encoded = [self.encode(messages) for messages in requests]
+        """Completions of encoded requests, batched per ``self.batching``; ``abort()`` stops them."""
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, enc in enumerate(encoded):
             length = enc["input_ids"].shape[1] if self.batching == "exact" else 0
             # Rows with and without images/videos never share a batch (the vision inputs differ).
             buckets[(length, frozenset(enc))].append(i)
+        deltas = list(on_delta) if on_delta else [None] * len(encoded)
         results: list[Generation | None] = [None] * len(encoded)
         with self.lock:
             for members in buckets.values():
                 for start in range(0, len(members), max_batch):
                     chunk = members[start : start + max_batch]
-                    for i, gen in zip(
-                        chunk, self._run_batch([encoded[i] for i in chunk], max_new_tokens)
-                    ):
+                    gens = self._run_batch(
+                        [encoded[i] for i in chunk], params, [deltas[i] for i in chunk], abort
+                    )
+                    for i, gen in zip(chunk, gens):
                         results[i] = gen
         return [r for r in results if r is not None]
+
+    def generate_many(
+        self,
+        requests: Sequence[Sequence[dict]],
+        params: SamplingParams | int,
+        max_batch: int = 8,
+    ) -> list[Generation]:
+        """Completions of several chat requests (``params`` or just a token budget)."""
+        if isinstance(params, int):
+            params = SamplingParams(max_new_tokens=params)
+        return self.generate_encoded([self.encode(m) for m in requests], params, max_batch)
