@@ -23,6 +23,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from keye_model.log import get_logger
 from keye_model.train.config import SCHEDULERS, TrainConfig
@@ -256,9 +258,12 @@ def submit_and_follow(
     return handle
 
 
+@dataclass
 class _Outcome:
-    def __init__(self, state, message: str = ""):
-        self.state, self.message = state, message
+    """How a followed job ended: its torchx state and, unless it succeeded, why."""
+
+    state: Any
+    message: str = ""
 
 
 def _follow(runner, handle, role, nodes, cfg, emit, poll_s, log) -> _Outcome:
