@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from curate_corpus import decompression_bomb, encode, noise_image, truncated_jpeg
+from curate_corpus import FIXTURES, decompression_bomb, encode, noise_image, truncated_jpeg
 from PIL import Image
 
 from keye_model.data.config import CurateConfig, FilterConfig, MixtureConfig
@@ -24,9 +24,11 @@ from keye_model.data.operators import (
     ImageSize,
     Language,
     TextQuality,
+    item_tokens,
 )
-from keye_model.data.records import Sample
+from keye_model.data.records import Media, Sample, media_marker_error, prose
 from keye_model.processing import image_token_count
+from keye_model.processing.chat import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 
 def sample(
@@ -63,6 +65,80 @@ def test_decode_names_each_corruption(real_images):
     )
     rgba = sample(real_images["sglang_logo.png"].read_bytes())
     assert decode(rgba) is None and rgba.width == 2392
+
+
+def test_interleaved_sample_is_checked_image_by_image(real_images):
+    cfg = FilterConfig()
+    decode, size = Decode(cfg), ImageSize(cfg)
+    photos = [real_images[n].read_bytes() for n in ("cat.jpg", "img3.jpg", "img1.png")]
+    doc = f"{IMAGE_PLACEHOLDER} Two cats. {IMAGE_PLACEHOLDER} A rainy alley. {IMAGE_PLACEHOLDER} A bed."
+
+    def interleaved(third: bytes, ext: str = "png") -> Sample:
+        s = sample(None, doc, category="interleaved")
+        s.set_media([Media("jpg", photos[0]), Media("jpg", photos[1]), Media(ext, third)])
+        return s
+
+    good = interleaved(photos[2])
+    assert decode(good) is None and size(good) is None
+    assert good.media_dims == [(640, 480, 0.0), (342, 500, 0.0), (336, 336, 0.0)]
+    tokens = [
+        image_token_count(h, w, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        for w, h, _ in good.media_dims
+    ]
+    assert good.image_tokens == sum(tokens) and len(set(tokens)) == 3
+    # A document's first picture is not the document: no pixels kept for pHash / CLIP.
+    assert good.image is None and (good.width, good.height) == (640, 480)
+    assert good.full_text() == "Two cats. A rainy alley. A bed."
+
+    for bad, reason in (
+        (truncated_jpeg(photos[0]), "truncated_image"),
+        (b"", "empty_file"),
+        (decompression_bomb(), "decompression_bomb"),
+        (b"<html>no picture</html>", "not_an_image"),
+    ):
+        verdict = decode(interleaved(bad, "jpg"))
+        assert verdict.reason == reason and verdict.detail.startswith("image 3 of 3 (jpg): ")
+    tiny = interleaved(encode(noise_image(5, 20, 300)))
+    assert decode(tiny) is None
+    verdict = size(tiny)
+    assert verdict.reason == "too_small" and verdict.detail.startswith("image 3 of 3: 20x300")
+
+
+def test_interleaved_video_item_counts_its_frames(real_images):
+    cfg = FilterConfig()
+    video = (FIXTURES / "video1.mp4").read_bytes()
+    s = sample(None, f"{IMAGE_PLACEHOLDER} A cat. {VIDEO_PLACEHOLDER} A clip.")
+    s.set_media([Media("jpg", real_images["cat.jpg"].read_bytes()), Media("mp4", video)])
+    assert Decode(cfg)(s) is None and ImageSize(cfg)(s) is None
+    (w0, h0, _), (w1, h1, seconds) = s.media_dims
+    assert seconds > 0
+    assert s.image_tokens == item_tokens(w0, h0, 0, False, cfg) + item_tokens(
+        w1, h1, seconds, True, cfg
+    )
+    assert item_tokens(w1, h1, seconds, True, cfg) > item_tokens(w1, h1, 0, False, cfg)
+
+
+def test_media_placeholders_match_media_and_survive_the_shard_round_trip():
+    s = sample(None, f"{IMAGE_PLACEHOLDER} one {IMAGE_PLACEHOLDER} two", key="doc")
+    s.set_media([Media("jpg", b"a"), Media("png", b"b")])
+    assert media_marker_error(s) is None
+    members = dict(s.members())
+    assert list(members) == ["doc.jpg", "doc.1.png", "doc.json", "doc.txt"]
+    assert members["doc.txt"] == b"one two"
+    back = Sample.from_members(
+        "doc", {name.split(".", 1)[1]: data for name, data in members.items()}
+    )
+    assert back.media_items() == s.media_items() and back.text == s.text
+    # The hash sees every image; a one-image sample hashes as it always did.
+    other = dataclasses.replace(s, extra_media=[Media("png", b"c")])
+    assert other.content_hash() != s.content_hash()
+    s.set_media([Media("jpg", b"a")])
+    assert "2 images but the sample has 1 image" in media_marker_error(s)
+    s.text = f"{IMAGE_PLACEHOLDER} one {VIDEO_PLACEHOLDER} two"
+    s.set_media([Media("mp4", b"a"), Media("jpg", b"b")])
+    assert "order" in media_marker_error(s)
+    assert prose(f"{IMAGE_PLACEHOLDER}\nWhat is shown?") == "What is shown?"
+    assert prose("no placeholder  here ") == "no placeholder  here "
 
 
 @pytest.mark.parametrize(
