@@ -119,6 +119,15 @@ def write_bytes(uri: str, data: bytes) -> None:
     tmp.replace(path)
 
 
+def delete(uri: str) -> None:
+    """Remove one file (missing files are fine)."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+        return
+    local_path(uri).unlink(missing_ok=True)
+
+
 def read_text(uri: str) -> str:
     """Read a UTF-8 text file."""
     return read_bytes(uri).decode("utf-8")

@@ -1,0 +1,52 @@
+"""One rank of a launched training stage (``torchrun -m keye_model.train.worker ...``).
+
+torchx starts this module on every rank (locally or in a Volcano job); it runs the shared loop
+and rank 0 writes ``<output>/train_result.json`` for the launching stage function to read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from keye_model import storage
+
+
+def main(argv: list[str] | None = None) -> int:
+    from keye_model.config_utils import apply_overrides
+    from keye_model.train.config import TrainConfig
+    from keye_model.train.loop import Run, train
+    from keye_model.train.stages import RESULT_FILE
+
+    parser = argparse.ArgumentParser(prog="keye_model.train.worker", description=__doc__)
+    parser.add_argument("--stage", required=True)
+    parser.add_argument("--config-json", required=True, help="The stage's TrainConfig as JSON.")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--max-steps", type=int, required=True)
+    parser.add_argument("--save-every", type=int, required=True)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = apply_overrides(TrainConfig(), json.loads(args.config_json))
+    run = Run(
+        args.stage,
+        cfg,
+        args.output,
+        args.model,
+        args.data,
+        args.max_steps,
+        args.save_every,
+        args.resume,
+    )
+    result = train(run)
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        result.write(storage.join(args.output, RESULT_FILE))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
