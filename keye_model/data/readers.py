@@ -512,6 +512,7 @@ def iter_json_array(handle: Any) -> Iterator[tuple[int, Any, str]]:
         return
     index = 0
     while True:
+        peek()  # the decoder wants the value itself at ``pos``, not the blanks before it
         while True:
             try:
                 value, end = decoder.raw_decode(buf, pos)
