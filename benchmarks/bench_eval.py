@@ -85,8 +85,13 @@ def main() -> int:
     args = parser.parse_args()
 
     from keye_model.eval.backends import Request
-    from keye_model.eval.benchmarks import get_benchmark, load_benchmark, prompt_hash, to_messages
-    from keye_model.eval.synthetic import write_synthetic
+    from keye_model.eval.benchmarks import (
+        get_benchmark,
+        load_benchmark,
+        prompt_hash,
+        to_messages,
+        write_synthetic,
+    )
     from keye_model.model.assembly import assemble
 
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,10 @@ from PIL import Image
 
 from keye_model.processing import KeyeImageProcessor
 from keye_model.processing.image import KEYE_VL_UTILS_MAX_PIXELS
-from keye_model.processing.peer import load_keye_vl_utils
+
+# The keye-vl-utils loader is test code (tests/peer.py), not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.peer import load_keye_vl_utils  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "real"
 MEAN = STD = (0.5, 0.5, 0.5)

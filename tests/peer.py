@@ -1,4 +1,4 @@
-"""Load the released ``keye-vl-utils`` package as a peer for parity tests and benchmarks.
+"""Load the released ``keye-vl-utils`` package as a peer for parity tests and benchmarks (test code).
 
 ``keye_vl_utils.vision_process`` imports ``torchvision`` at module level but none of the
 functions compared here (``smart_resize``, ``fetch_image``, ``extract_slow_fast_frames``) use

@@ -16,9 +16,14 @@ import pytest
 from PIL import Image
 
 from keye_model import storage
-from keye_model.eval.benchmarks import get_benchmark, load_benchmark, prompt_hash, to_messages
+from keye_model.eval.benchmarks import (
+    get_benchmark,
+    load_benchmark,
+    prompt_hash,
+    score,
+    to_messages,
+)
 from keye_model.eval.config import EvalConfig
-from keye_model.eval.scoring import score
 
 
 def _png(color) -> bytes:
@@ -159,7 +164,7 @@ def test_evaluate_reads_released_files_from_s3_and_resumes_from_s3_cache(tmp_pat
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where scratch_dir() creates folders
-    from keye_model.eval.synthetic import write_synthetic
+    from keye_model.eval.benchmarks import write_synthetic
     from keye_model.model.assembly import assemble
 
     model = tmp_path / "model"
@@ -184,8 +189,7 @@ def test_evaluate_reads_released_files_from_s3_and_resumes_from_s3_cache(tmp_pat
 
 def test_every_synthetic_set_loads_in_its_official_schema(tmp_path):
     from keye_model.data.config import CurateConfig
-    from keye_model.eval.benchmarks import BENCHMARKS
-    from keye_model.eval.synthetic import write_synthetic
+    from keye_model.eval.benchmarks import BENCHMARKS, write_synthetic
 
     # held out: the evaluation seed is not the curation seed
     assert EvalConfig().synthetic_seed != CurateConfig().seed

@@ -24,7 +24,6 @@ from keye_model.processing import (
     smart_resize,
 )
 from keye_model.processing.image import KEYE_VL_UTILS_MAX_PIXELS, MODEL_CARD_MAX_PIXELS
-from keye_model.processing.peer import load_keye_vl_utils
 from keye_model.processing.tokens import SPECIAL_TOKENS
 from keye_model.processing.video import (
     SampledVideo,
@@ -36,6 +35,7 @@ from keye_model.processing.video import (
     video_token_budget,
 )
 from tests.conftest import FIXTURES
+from tests.peer import load_keye_vl_utils
 
 IMAGE_FILES = sorted(p.name for p in FIXTURES.iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
 RGBA_FILES = ("sglang_logo.png", "kfp_ui_screenshot.png", "deepseek_benchmark_chart.png")

@@ -1,14 +1,14 @@
-"""Evaluation stage: the ten benchmarks of the recipe, scored by their official rules (REFERENCE §5).
+"""Evaluation stage: the benchmarks of the recipe, scored by their official rules (REFERENCE §5).
 
-``score(benchmark, items, responses)`` is the public scoring function; ``evaluate`` is the stage
-entry function behind ``keye stage evaluate``.
+``BENCHMARKS`` is the one registry of benchmarks; ``score(benchmark, items, responses)`` the
+public scoring function; ``evaluate`` the stage entry function behind ``keye stage evaluate``.
 """
 
 from __future__ import annotations
 
-from keye_model.eval.scoring import SCORERS, score
+from keye_model.eval.benchmarks import BENCHMARKS, score
 
-__all__ = ["SCORERS", "score", "evaluate"]
+__all__ = ["BENCHMARKS", "score", "evaluate"]
 
 
 def __getattr__(name: str):

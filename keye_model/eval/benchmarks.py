@@ -1,4 +1,10 @@
-"""The ten benchmarks: where their released files live, what a record must hold, the official prompt.
+"""The one benchmark registry: released files, required fields, official prompt, scorer, synthetic set.
+
+Every benchmark is one ``Benchmark`` entry in ``BENCHMARKS``; the evaluation stage, ``score``,
+``write_synthetic``, the recipe's benchmark list and the report all read it, so adding a
+benchmark is adding one entry. The per-benchmark functions live below it and never import it:
+prompt builders in ``keye_model.eval.prompts``, official scorers in ``keye_model.eval.scoring``,
+held-out set writers in ``keye_model.eval.synthetic``.
 
 A data root (local directory or ``s3://`` prefix) holds one folder per benchmark with the files
 as released, media paths relative to that folder::
@@ -24,49 +30,40 @@ as a base64 data URL only while sending its request (``inline_media``), or keeps
 a server on the same filesystem (``keye serve local``). The prediction-cache key
 (``prompt_hash``) hashes media *content*, streamed in chunks (``media_digest``), so the key
 survives moving the data root or the media folder, and changes when a file's bytes change.
-Prompt wording follows each benchmark's official template; where the official one is not
-public or depends on a GPT judge we note it as *inferred*.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import functools
 import hashlib
 import json
 import mimetypes
-import os
-import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from keye_model.eval.extract import parse_gold_list
-from keye_model.eval.scoring import CIRCULAR_OFFSET, OPTION_LETTERS, mcq_options
+from keye_model.eval import prompts as pr
+from keye_model.eval import scoring as sc
+from keye_model.eval import synthetic as syn
+from keye_model.eval.prompts import Prompt, Record, data_url, image_to_file, sniff_image_mime
+from keye_model.eval.scoring import CIRCULAR_OFFSET, Judge
+from keye_model.log import get_logger
 
-Record = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One question as the model sees it: text plus media files (images, videos)."""
-
-    text: str
-    images: tuple[Path, ...] = ()
-    videos: tuple[Path, ...] = ()
+log = get_logger("evaluate")
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark's file patterns, required record fields, id field and prompt builder.
+    """One benchmark: its files, fields, id, official prompt and scorer, synthetic writer, 671B score.
 
     ``required`` is what a released record must hold to be asked (media included); ``scored``
     the subset the official scorer reads (``score()`` checks only those: media are not needed);
-    ``images`` the fields that may carry an image (inline ones are decoded to files on loading).
+    ``images`` the fields that may carry an image (inline ones are decoded to files on loading);
+    ``synthesize(folder, n, seed, offset)`` writes a held-out set in the released layout.
     """
 
     name: str
@@ -74,257 +71,15 @@ class Benchmark:
     required: tuple[str, ...]
     key: str
     build: Callable[[Record, Path], Prompt]
+    scorer: Callable[..., dict]
+    synthesize: Callable[[Path, int, int, int], None]
     published: float | None = None  # Keye-VL-671B-A37B score (REFERENCE §2), percent
     scored: tuple[str, ...] = ()
     images: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
-# media helpers
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4))
-
-
-_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
-_IMAGE_EXT = {"image/png": ".png", "image/gif": ".gif", "image/webp": ".webp", "image/jpeg": ".jpg"}
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # e.g. a base64 string taken for a path: name too long
-        return False
-
-
-def store_image(data: bytes, media_dir: Path) -> Path:
-    """Write image bytes once to ``media_dir`` under their content hash; the file's path."""
-    name = hashlib.sha256(data).hexdigest()[:32] + _IMAGE_EXT[sniff_image_mime(data)]
-    path = media_dir / name
-    if not path.is_file():
-        media_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")  # atomic: never a half-written image
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    return path.absolute()
-
-
-def image_to_file(value: Any, folder: Path, media_dir: Path) -> Any:
-    """An image field with inline bytes/base64 replaced by the path of its decoded file.
-
-    Paths (to files under ``folder``) are kept; a value that is neither is returned unchanged,
-    for the prompt builder to reject naming its record.
-    """
-    if isinstance(value, Mapping):
-        if value.get("bytes"):
-            return str(store_image(bytes(value["bytes"]), media_dir))
-        return value.get("path")
-    if isinstance(value, (bytes, bytearray)):
-        return str(store_image(bytes(value), media_dir))
-    if not isinstance(value, str) or not value.strip():
-        return value
-    if len(value) < 512 and _is_file(folder / value):
-        return value
-    if not _BASE64.fullmatch(value):
-        return value
-    try:
-        return str(store_image(_b64decode(value), media_dir))
-    except ValueError:
-        return value
-
-
-def image_path(value: Any, root: Path, where: str) -> Path:
-    """The image file an image field names: a path relative to ``root`` (or absolute)."""
-    if isinstance(value, Mapping):
-        value = value.get("path")
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: empty or inline image field (load records with load_benchmark)")
-    if len(value) < 4096 and _is_file(root / value):
-        return (root / value).absolute()
-    raise ValueError(f"{where}: image is neither a file under {root} nor base64")
-
-
-def video_path(root: Path, candidates: list[str], where: str) -> Path:
-    """The first existing local video among candidate relative paths (nothing is downloaded)."""
-    for rel in candidates:
-        if rel and (root / rel).is_file():
-            return root / rel
-    raise FileNotFoundError(
-        f"{where}: video not found under {root} (looked for {candidates}); place released videos there"
-    )
-
-
-def data_url(data: bytes, mime: str) -> str:
-    """A ``data:`` URL carrying ``data`` base64-encoded."""
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def sniff_image_mime(data: bytes) -> str:
-    """MIME type of image bytes from their magic number (PNG, JPEG, GIF, WebP; default JPEG)."""
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data[:3] == b"GIF":
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/jpeg"
-
-
-# ---------------------------------------------------------------------------------------------
-# prompt builders
-
-
-def _vlmeval_mcq(item: Record, root: Path) -> Prompt:
-    """VLMEvalKit ImageMCQ prompt: Hint, Question, Options, the selection instruction."""
-    text = ""
-    hint = item.get("hint")
-    if hint is not None and str(hint).strip() and str(hint).lower() != "nan":
-        text += f"Hint: {hint}\n"
-    text += f"Question: {item['question']}\n"
-    options = mcq_options(item)
-    if options:
-        text += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in options.items())
-        text += "Please select the correct answer from the options above. \n"
-    return Prompt(text, (image_path(item["image"], root, f"index {item.get('index')}"),))
-
-
-def _numbered_images(item: Record, root: Path, prefix: str, count: int) -> tuple[Path, ...]:
-    out = []
-    for k in range(1, count + 1):
-        value = item.get(f"{prefix}{k}")
-        if value is not None and value != "" and value != {}:
-            out.append(image_path(value, root, f"{item.get('id')} {prefix}{k}"))
-    return tuple(out)
-
-
-def _mmmu(item: Record, root: Path) -> Prompt:
-    """MMMU official: question, ``(A) option`` lines, letter instruction; open: short phrase."""
-    images = _numbered_images(item, root, "image_", 7)
-    if item.get("question_type", "multiple-choice") == "multiple-choice":
-        options = parse_gold_list(item.get("options") or [])
-        lines = "".join(f"({OPTION_LETTERS[i]}) {opt}\n" for i, opt in enumerate(options))
-        text = f"{item['question']}\n\n{lines}\nAnswer with the option's letter from the given choices directly."
-    else:
-        text = f"{item['question']}\n\nAnswer the question using a single word or phrase."
-    return Prompt(text, images)
-
-
-def _mathvista(item: Record, root: Path) -> Prompt:
-    """MathVista: the released ``query`` field is the official prompt (hint + question + choices)."""
-    text = item.get("query")
-    if not text:
-        # Built like the released queries when a record lacks one (*inferred* wording).
-        choices = item.get("choices") or []
-        if item.get("question_type") == "multi_choice":
-            hint = "Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
-        elif item.get("answer_type") == "integer":
-            hint = "Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, at the end."
-        elif item.get("answer_type") == "float":
-            digits = int(item.get("precision") or 1)
-            hint = (
-                f"Please answer the question requiring a floating-point number with {digits} decimal "
-                "place(s) and provide the final value at the end."
-            )
-        else:
-            hint = "Please answer the question and provide the final answer at the end."
-        text = f"Hint: {hint}\nQuestion: {item['question']}"
-        if choices:
-            text += "\nChoices:\n" + "\n".join(
-                f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(choices)
-            )
-    image = item.get("decoded_image") or item.get("image")
-    return Prompt(text, (image_path(image, root, f"pid {item.get('pid')}"),))
-
-
-def _olympiadbench(item: Record, root: Path) -> Prompt:
-    """OlympiadBench official English prompt structure (paraphrased): boxed final answer."""
-    subject = str(item.get("subject", "Math")).lower()
-    subject = "mathematics" if subject.startswith("math") else subject
-    multiple = str(item.get("is_multiple_answer", False)).lower() in ("true", "1")
-    if multiple:
-        answer_rule = (
-            "The problem has multiple answers. Please end your solution with "
-            '"So the final answer is \\boxed{answers separated by commas}." '
-        )
-    else:
-        answer_rule = 'Please end your solution with "So the final answer is \\boxed{answer}." '
-    text = (
-        f"The following is an open-ended problem from an International {subject} competition. "
-        "Please calculate the answer according to the given requirements and the information "
-        "provided. Please use LaTeX format to represent the variables and formulas used in the "
-        f"solution process and results. {answer_rule}and give the result explicitly.\n\n"
-    )
-    if item.get("context"):
-        text += f"{item['context']}\n"
-    text += str(item["question"])
-    return Prompt(text, _numbered_images(item, root, "image_", 5))
-
-
-def _videomme(item: Record, root: Path) -> Prompt:
-    """Video-MME official prompt: best-answer instruction, question, options, 'The best answer is:'."""
-    options = item["options"]
-    if isinstance(options, str):
-        options = parse_gold_list(options)
-    text = (
-        "Select the best answer to the following multiple-choice question based on the video. "
-        "Respond with only the letter (A, B, C, or D) of the correct option.\n"
-        f"{item['question']}\n" + "\n".join(str(o) for o in options) + "\nThe best answer is:"
-    )
-    vid = str(item.get("videoID") or item.get("video_id"))
-    path = video_path(
-        root,
-        [f"videos/{vid}.mp4", f"data/{vid}.mp4", f"{vid}.mp4"],
-        f"question {item.get('question_id')}",
-    )
-    return Prompt(text, (), (path,))
-
-
-def _mmvu(item: Record, root: Path) -> Prompt:
-    """MMVU official chain-of-thought prompt (multiple-choice or open-ended)."""
-    if item.get("question_type") == "multiple-choice":
-        options = "\n".join(f"{k}: {v}" for k, v in (item.get("choices") or {}).items() if v)
-        text = (
-            f"Question: {item['question']}\n{options}\n\n"
-            "Answer the given multiple-choice question step by step. Begin by explaining your "
-            "reasoning process clearly. Conclude by stating the final answer using the following "
-            "format: 'Therefore, the final answer is: $LETTER' (without quotes), where $LETTER is "
-            "one of the options. Think step by step before answering."
-        )
-    else:
-        text = (
-            f"Question: {item['question']}\n\n"
-            "Answer the given question step by step. Begin by explaining your reasoning process "
-            "clearly. Conclude by stating the final answer using the following format: "
-            "'Therefore, the final answer is: 'Answer: $ANSWER' (without quotes), where $ANSWER "
-            "is the final answer of the question. Think step by step before answering."
-        )
-    video = str(item.get("video", ""))
-    rel = video.split("/resolve/main/", 1)[-1] if "/resolve/main/" in video else video
-    path = video_path(root, [rel, f"videos/{Path(rel).name}"], f"id {item.get('id')}")
-    return Prompt(text, (), (path,))
-
-
-def _longvideobench(item: Record, root: Path) -> Prompt:
-    """LongVideoBench prompt: question, ``A. candidate`` lines, answer-letter instruction."""
-    options = "".join(f"{OPTION_LETTERS[i]}. {c}\n" for i, c in enumerate(item["candidates"]))
-    text = f"{item['question']}\n{options}Answer with the option's letter from the given choices directly.\n"
-    rel = str(item.get("video_path", ""))
-    path = video_path(
-        root, [rel, f"videos/{rel}", f"videos/{item.get('video_id')}.mp4"], f"id {item.get('id')}"
-    )
-    return Prompt(text, (), (path,))
-
-
-def _visulogic(item: Record, root: Path) -> Prompt:
-    """VisuLogic: the question (options inside) plus the step-by-step boxed-letter instruction."""
-    text = (
-        f"{item['question']}\nSolve the complex visual logical reasoning problem through "
-        "step-by-step reasoning. Think about the reasoning process first and answer the question "
-        "following this format: Answer: \\boxed{$LETTER}"
-    )
-    return Prompt(text, (image_path(item["image_path"], root, f"id {item.get('id')}"),))
-
+# the registry
 
 _MCQ_FIELDS = ("index", "question", "answer", "image", "A", "B")
 _MCQ_SCORED = ("index", "answer", "A", "B")
@@ -337,7 +92,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.tsv",),
             _MCQ_FIELDS + ("category",),
             "index",
-            _vlmeval_mcq,
+            pr.vlmeval_mcq_prompt,
+            sc.score_mmbench,
+            syn.write_mmbench_en,
             95.74,
             _MCQ_SCORED,
             ("image",),
@@ -347,7 +104,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.tsv",),
             _MCQ_FIELDS + ("category",),
             "index",
-            _vlmeval_mcq,
+            pr.vlmeval_mcq_prompt,
+            sc.score_mmbench,
+            syn.write_mmbench_cn,
             94.27,
             _MCQ_SCORED,
             ("image",),
@@ -357,7 +116,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.parquet", "*.jsonl", "*.json"),
             ("id", "question", "answer"),
             "id",
-            _mmmu,
+            pr.mmmu_prompt,
+            sc.score_mmmu,
+            syn.write_mmmu,
             83.78,
             ("id", "answer"),
             tuple(f"image_{k}" for k in range(1, 8)),
@@ -367,7 +128,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.tsv",),
             _MCQ_FIELDS,
             "index",
-            _vlmeval_mcq,
+            pr.vlmeval_mcq_prompt,
+            sc.score_vlmeval_mcq,
+            syn.write_mmstar,
             86.67,
             _MCQ_SCORED,
             ("image",),
@@ -377,7 +140,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.tsv",),
             _MCQ_FIELDS,
             "index",
-            _vlmeval_mcq,
+            pr.vlmeval_mcq_prompt,
+            sc.score_vlmeval_mcq,
+            syn.write_realworldqa,
             86.54,
             _MCQ_SCORED,
             ("image",),
@@ -387,7 +152,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.json", "*.jsonl", "*.parquet"),
             ("pid", "question", "answer", "question_type", "answer_type"),
             "pid",
-            _mathvista,
+            pr.mathvista_prompt,
+            sc.score_mathvista,
+            syn.write_mathvista,
             86.2,
             ("pid", "answer", "question_type", "answer_type"),
             ("decoded_image", "image"),
@@ -397,7 +164,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.jsonl", "*.json"),
             ("id", "question", "label", "image_path"),
             "id",
-            _visulogic,
+            pr.visulogic_prompt,
+            sc.score_visulogic,
+            syn.write_visulogic,
             35.4,
             ("id", "label"),
             ("image_path",),
@@ -407,7 +176,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.json", "*.jsonl", "*.parquet"),
             ("id", "question", "final_answer"),
             "id",
-            _olympiadbench,
+            pr.olympiadbench_prompt,
+            sc.score_olympiadbench,
+            syn.write_olympiadbench,
             74.92,
             ("id", "final_answer"),
             tuple(f"image_{k}" for k in range(1, 6)),
@@ -417,7 +188,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.json", "*.jsonl"),
             ("id", "question", "answer", "question_type", "video"),
             "id",
-            _mmvu,
+            pr.mmvu_prompt,
+            sc.score_mmvu,
+            syn.write_mmvu,
             86.6,
             ("id", "question", "answer"),
         ),
@@ -426,7 +199,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.json", "*.jsonl", "*.parquet"),
             ("id", "question", "candidates", "correct_choice"),
             "id",
-            _longvideobench,
+            pr.longvideobench_prompt,
+            sc.score_longvideobench,
+            syn.write_longvideobench,
             79.0,
             ("id", "candidates", "correct_choice"),
         ),
@@ -435,7 +210,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             ("*.parquet", "*.json", "*.jsonl"),
             ("question_id", "question", "options", "answer", "videoID"),
             "question_id",
-            _videomme,
+            pr.videomme_prompt,
+            sc.score_videomme,
+            syn.write_videomme,
             79.0,
             ("question_id", "answer"),
         ),
@@ -448,6 +225,42 @@ def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
     return BENCHMARKS[name]
+
+
+def score(
+    benchmark: str,
+    items: Sequence[Mapping],
+    responses: Sequence[str],
+    seed: int = 0,
+    judge: Judge | None = None,
+) -> dict:
+    """Score raw responses against official-schema items with the benchmark's official rule."""
+    spec = get_benchmark(benchmark)
+    items, responses = list(items), list(responses)
+    if len(items) != len(responses):
+        raise ValueError(f"{benchmark}: {len(items)} items but {len(responses)} responses")
+    bad = [i for i, item in enumerate(items) if not isinstance(item, Mapping)]
+    if bad:
+        raise TypeError(
+            f"{benchmark}: item {bad[0]} is {type(items[bad[0]]).__name__}, not a record"
+        )
+    validate(items, spec, f"{benchmark} items", fields=spec.scored)
+    return spec.scorer(benchmark, items, responses, seed=seed, judge=judge)
+
+
+def write_synthetic(root: str | Path, benchmarks: Sequence[str], n: int, seed: int) -> Path:
+    """Write held-out synthetic sets for ``benchmarks`` under ``root/<benchmark>/``."""
+    root = Path(root)
+    specs = [get_benchmark(name) for name in benchmarks]  # every name checked before writing
+    for b_index, spec in enumerate(specs):
+        folder = root / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        # Disjoint sample ranges per benchmark so no two sets share a question.
+        spec.synthesize(folder, n, seed, b_index * 100_000)
+        log.info(
+            "wrote held-out synthetic %s (%d questions, seed %d) to %s", spec.name, n, seed, folder
+        )
+    return root
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Official scoring of the ten evaluation benchmarks: ``score(benchmark, items, responses)``.
+"""Official scorers of the evaluation benchmarks, one function per official scoring script.
+
+Each ``score_*(benchmark, items, responses, seed, judge)`` is called through
+``keye_model.eval.benchmarks.score``, which looks the scorer up in the benchmark registry and
+validates the items first; this module does not know the registry.
 
 ``items`` are records in each benchmark's released schema (VLMEvalKit TSV rows, MathVista JSON,
 OlympiadBench, Video-MME, MMVU, LongVideoBench, VisuLogic records); ``responses`` are the raw model
@@ -21,7 +25,7 @@ import json
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from keye_model.eval import extract as ex
@@ -74,11 +78,6 @@ def _result(benchmark: str, records: list[dict], seed: int, **extra) -> dict:
         "items": records,
         **extra,
     }
-
-
-def _check_lengths(benchmark: str, items: Sequence, responses: Sequence) -> None:
-    if len(items) != len(responses):
-        raise ValueError(f"{benchmark}: {len(items)} items but {len(responses)} responses")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,46 +462,3 @@ def score_mmvu(benchmark: str, items, responses, seed: int = 0, judge: Judge | N
             }
         )
     return _result(benchmark, records, seed)
-
-
-# ---------------------------------------------------------------------------------------------
-
-Scorer = Callable[..., dict]
-
-SCORERS: dict[str, Scorer] = {
-    "mmbench_en": score_mmbench,
-    "mmbench_cn": score_mmbench,
-    "mmmu": score_mmmu,
-    "mmstar": score_vlmeval_mcq,
-    "realworldqa": score_vlmeval_mcq,
-    "mathvista": score_mathvista,
-    "visulogic": score_visulogic,
-    "olympiadbench": score_olympiadbench,
-    "mmvu": score_mmvu,
-    "longvideobench": score_longvideobench,
-    "videomme": score_videomme,
-}
-
-
-def score(
-    benchmark: str,
-    items: Sequence[Mapping],
-    responses: Sequence[str],
-    seed: int = 0,
-    judge: Judge | None = None,
-) -> dict:
-    """Score raw responses against official-schema items with the benchmark's official rule."""
-    if benchmark not in SCORERS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; known: {sorted(SCORERS)}")
-    from keye_model.eval.benchmarks import get_benchmark, validate
-
-    items, responses = list(items), list(responses)
-    _check_lengths(benchmark, items, responses)
-    bad = [i for i, item in enumerate(items) if not isinstance(item, Mapping)]
-    if bad:
-        raise TypeError(
-            f"{benchmark}: item {bad[0]} is {type(items[bad[0]]).__name__}, not a record"
-        )
-    spec = get_benchmark(benchmark)
-    validate(items, spec, f"{benchmark} items", fields=spec.scored)
-    return SCORERS[benchmark](benchmark, items, responses, seed=seed, judge=judge)

@@ -56,6 +56,31 @@ def _check_config(cfg: EvalConfig, model: str | None, endpoint: str | None) -> N
         raise ValueError("evaluate.max_new_tokens must be >= 1")
 
 
+def _check_synthetic_allowed(cfg: EvalConfig, model: str | None, data: str | None) -> None:
+    """Refuse, before any work, to score a large or unknown model on the held-out synthetic sets.
+
+    The synthetic sets are smoke tests for tiny models; a real model scored on them would
+    report numbers that look like benchmark results and are not.
+    """
+    if data is not None:
+        return
+    if model is None:
+        raise ValueError(
+            "no benchmark data (--data) and the size of the model behind the endpoint is unknown: "
+            "held-out synthetic sets only score tiny models; pass the released benchmark files "
+            "with --data, or --model naming the tiny checkpoint the endpoint serves"
+        )
+    from keye_model.model.params import count_parameters_at
+
+    total = count_parameters_at(model).total
+    if total > cfg.synthetic_max_params:
+        raise ValueError(
+            f"no benchmark data (--data) for {model} ({total / 1e9:.3g}B parameters): held-out "
+            f"synthetic sets only score models up to evaluate.synthetic_max_params "
+            f"({cfg.synthetic_max_params:g}); pass the released benchmark files with --data"
+        )
+
+
 def _check_fits_in_process(cfg: EvalConfig, model: str) -> None:
     """Refuse, before any download, to run a model too large for in-process generation."""
     from keye_model.model.params import count_parameters_at
@@ -133,13 +158,16 @@ def evaluate(
     """Run the configured benchmarks against a model or endpoint and score them officially.
 
     ``data`` is a root holding one folder per benchmark; without it, held-out synthetic sets are
-    written in the official schemas first (tiny preset). ``backend`` overrides the backend built
+    written in the official schemas first - for a model of at most
+    ``cfg.synthetic_max_params`` parameters only (a larger one, or an endpoint without
+    ``model``, fails before any work). ``backend`` overrides the backend built
     from ``model``/``endpoint`` (tests wrap a real backend to count calls).
     """
     from keye_model.tracking import scratch_dir
 
     if backend is None:
         _check_config(cfg, model, endpoint)
+        _check_synthetic_allowed(cfg, model, data)
     # Decoded benchmark images: a copy of the data, so kept out of the output and always removed.
     media = scratch_dir("keye-eval-media-")
     try:
@@ -169,8 +197,7 @@ def _evaluate_in(
     """``evaluate`` in working folder ``work`` (output or scratch), images decoded into ``media``."""
     from keye_model.eval import report
     from keye_model.eval.backends import PredictionCache, model_fingerprint
-    from keye_model.eval.benchmarks import load_benchmark
-    from keye_model.eval.scoring import score
+    from keye_model.eval.benchmarks import load_benchmark, score
     from keye_model.tracking import register_model, stage_run
 
     work.mkdir(parents=True, exist_ok=True)
@@ -180,7 +207,7 @@ def _evaluate_in(
 
     # 1. data: read and validate everything before any model work
     if data is None:
-        from keye_model.eval.synthetic import write_synthetic
+        from keye_model.eval.benchmarks import write_synthetic
 
         data_root = write_synthetic(
             work / "synthetic", cfg.benchmarks, cfg.synthetic_size, cfg.synthetic_seed

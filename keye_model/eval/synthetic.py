@@ -24,9 +24,6 @@ import random
 from pathlib import Path
 
 from keye_model.eval.scoring import CIRCULAR_OFFSET
-from keye_model.log import get_logger
-
-log = get_logger("evaluate")
 
 MAX_SIDE = 224  # small images keep the tiny model's prompts short
 
@@ -376,38 +373,21 @@ def write_longvideobench(folder: Path, n: int, seed: int, offset: int) -> None:
     (folder / "lvb_val.json").write_text(json.dumps(records, indent=1))
 
 
-WRITERS = {
-    "mmbench_en": lambda d, n, s, o: write_vlmeval_mcq(
-        d / "MMBench_DEV_EN.tsv", n, s, o, circular=True
-    ),
-    "mmbench_cn": lambda d, n, s, o: write_vlmeval_mcq(
-        d / "MMBench_DEV_CN.tsv", n, s, o, circular=True, lang="cn"
-    ),
-    "mmstar": lambda d, n, s, o: write_vlmeval_mcq(d / "MMStar.tsv", n, s, o, circular=False),
-    "realworldqa": lambda d, n, s, o: write_vlmeval_mcq(
-        d / "RealWorldQA.tsv", n, s, o, circular=False
-    ),
-    "mmmu": write_mmmu,
-    "mathvista": write_mathvista,
-    "olympiadbench": write_olympiadbench,
-    "visulogic": write_visulogic,
-    "videomme": write_videomme,
-    "mmvu": write_mmvu,
-    "longvideobench": write_longvideobench,
-}
+def write_mmbench_en(folder: Path, n: int, seed: int, offset: int) -> None:
+    """MMBench-EN dev TSV with circular copies."""
+    write_vlmeval_mcq(folder / "MMBench_DEV_EN.tsv", n, seed, offset, circular=True)
 
 
-def write_synthetic(root: str | Path, benchmarks: list[str], n: int, seed: int) -> Path:
-    """Write held-out synthetic sets for ``benchmarks`` under ``root/<benchmark>/``."""
-    root = Path(root)
-    for b_index, name in enumerate(benchmarks):
-        if name not in WRITERS:
-            raise ValueError(
-                f"no synthetic writer for benchmark {name!r}; known: {sorted(WRITERS)}"
-            )
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        # Disjoint sample ranges per benchmark so no two sets share a question.
-        WRITERS[name](folder, n, seed, b_index * 100_000)
-        log.info("wrote held-out synthetic %s (%d questions, seed %d) to %s", name, n, seed, folder)
-    return root
+def write_mmbench_cn(folder: Path, n: int, seed: int, offset: int) -> None:
+    """MMBench-CN dev TSV with circular copies, written in Chinese."""
+    write_vlmeval_mcq(folder / "MMBench_DEV_CN.tsv", n, seed, offset, circular=True, lang="cn")
+
+
+def write_mmstar(folder: Path, n: int, seed: int, offset: int) -> None:
+    """MMStar TSV (no circular copies)."""
+    write_vlmeval_mcq(folder / "MMStar.tsv", n, seed, offset, circular=False)
+
+
+def write_realworldqa(folder: Path, n: int, seed: int, offset: int) -> None:
+    """RealWorldQA TSV (no circular copies)."""
+    write_vlmeval_mcq(folder / "RealWorldQA.tsv", n, seed, offset, circular=False)
