@@ -6,7 +6,8 @@ the sets are never seen in training. Each set is written exactly as the real ben
 released, so the same loader, prompt builder and official scorer run on it:
 
 - MMBench EN/CN, MMStar, RealWorldQA: VLMEvalKit TSV with base64 images (MMBench with its
-  circular copies at ``index + k*1e6``);
+  circular copies at ``index + k*1e6``); MMBench-CN's questions, hints and word options are
+  written in Chinese from the question's kind and source data (``_mcq_cn``);
 - MMMU: JSONL records (``validation_<Subject>_<n>``, options as a list literal, open questions);
 - MathVista: ``testmini.json`` (pid -> record) plus ``images/``;
 - OlympiadBench: JSON list with ``final_answer`` lists and inline images;
@@ -65,6 +66,43 @@ def _mcq(sample, rng: random.Random, qa_index: int = 0) -> tuple[str, list[str],
     return qa.question, options, options.index(qa.answer)
 
 
+# MMBench-CN: questions, hints and word options written in Chinese from each question's kind
+# and arguments (the generator's source data), never translated from the English text. Labels
+# printed in the image (months, regions, column names) stay as printed, as in the released set.
+_QUESTION_CN = {
+    ("chart", "lookup"): "图中“{label}”对应的数值是多少？",
+    ("chart", "max"): "图中哪一项的数值最高？",
+    ("chart", "min"): "图中哪一项的数值最低？",
+    ("chart", "sum"): "图中所有数值的总和是多少？",
+    ("chart", "difference"): "“{a}”的数值减去“{b}”的数值，结果是多少？",
+    ("chart", "trend"): "从第一项到最后一项，这组数据是上升、下降还是波动？",
+    ("chart", "count"): "图中一共有多少个数据项？",
+    ("table", "cell"): "表格中“{row}”行、“{col}”列的数值是多少？",
+    ("table", "row_sum"): "表格中“{row}”行各列数值之和是多少？",
+    ("table", "col_sum"): "表格中“{col}”列的数值之和是多少？",
+    ("table", "col_argmax"): "表格中“{col}”列数值最大的是哪一行？",
+}
+_HINT_CN = {"chart": "请仔细观察图表中的数据后作答。", "table": "请仔细阅读表格中的数据后作答。"}
+TREND_CN = {"increasing": "上升", "decreasing": "下降", "fluctuating": "波动"}
+
+
+def _mcq_cn(sample, rng: random.Random, qa_index: int) -> tuple[str, list[str], int, str]:
+    """A Chinese question, options, gold index and hint for one chart/table question."""
+    turn = qa_index % len(sample.qa)
+    qa = sample.qa[turn]
+    generator = sample.metadata["generator"]
+    args = sample.metadata["source_data"]["args"][turn]
+    question = _QUESTION_CN[(generator, qa.kind)].format(**args)
+    if qa.kind == "trend":
+        answer = TREND_CN[qa.answer]
+        distractors = [w for w in TREND_CN.values() if w != answer] + ["无法判断"]
+    else:
+        answer, distractors = qa.answer, _distractors(sample, qa.answer, rng)
+    options = [answer, *distractors]
+    rng.shuffle(options)
+    return question, options, options.index(answer), _HINT_CN[generator]
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -85,9 +123,10 @@ def write_vlmeval_mcq(
     rng = random.Random(f"{seed}:{path.name}")
     rows = []
     for i, sample in enumerate(_samples(["chart", "table"], n, seed, offset)):
-        question, options, gold = _mcq(sample, rng, i)
         if lang == "cn":
-            question = f"根据图像回答：{question}"
+            question, options, gold, hint = _mcq_cn(sample, rng, i)
+        else:
+            (question, options, gold), hint = _mcq(sample, rng, i), ""
         letters = "ABCD"
         shifts = range(len(options)) if circular else [0]
         for k in shifts:
@@ -95,7 +134,7 @@ def write_vlmeval_mcq(
             row = {
                 "index": str(i + k * CIRCULAR_OFFSET),
                 "question": question,
-                "hint": "",
+                "hint": hint,
                 **dict(zip(letters, shifted)),
                 "answer": letters[shifted.index(options[gold])],
                 "category": sample.category,
