@@ -580,3 +580,16 @@ def test_parquet_without_any_image_column_is_refused(tmp_path):
     pq.write_table(pa.table({"caption": ["a"], "meta": pa.array([{"path": "x"}])}), path)
     with pytest.raises(ValueError, match=r"nocol.parquet has no image column.*\{bytes, path\}"):
         plan_units(CurateConfig(), [str(path)])
+
+
+def test_parquet_image_cells_may_be_paths(tmp_path):
+    shutil.copy(FIXTURES / "cat.jpg", tmp_path / "cat.jpg")
+    path = tmp_path / "paths.parquet"
+    table = {"image": ["cat.jpg", "gone.jpg", None], "text": ["Two cats.", "Gone.", "None."]}
+    pq.write_table(pa.table(table), path)
+    cfg = CurateConfig()
+    (unit,) = plan_units(cfg, [str(path)])
+    cat, gone, none = read_unit(unit, cfg, tmp_path)
+    assert cat.media == photo("cat.jpg") and cat.text == "Two cats."
+    assert gone.rejection.reason == "media_missing" and "gone.jpg" in gone.rejection.detail
+    assert none.media is None  # the decode operator rejects it as no_media

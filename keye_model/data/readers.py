@@ -411,9 +411,11 @@ def _parquet_sample(
 
 
 def _parquet_media(value: Any, base: str) -> Media | Rejection:
-    """One image cell: raw bytes, or a ``{bytes, path}`` struct (bytes first, else the file)."""
+    """One image cell: raw bytes, a path, or a ``{bytes, path}`` struct (bytes first, else the file)."""
     if isinstance(value, bytes):
         return Media("jpg", value)
+    if isinstance(value, str):
+        value = {"bytes": None, "path": value}
     if not isinstance(value, dict):
         raise ValueError(
             f"image cell is {type(value).__name__}, not bytes or a {{bytes, path}} struct"
