@@ -208,11 +208,14 @@ def test_every_synthetic_set_loads_in_its_official_schema(tmp_path):
 
 def test_a_model_too_large_for_in_process_evaluation_is_refused_before_any_work(tmp_path):
     from keye_model import KeyeVLMoeConfig
+    from keye_model.eval.benchmarks import write_synthetic
     from keye_model.eval.stage import evaluate
 
     big = tmp_path / "keye-671b"
     KeyeVLMoeConfig.from_preset("keye-vl-671b-a37b").save_pretrained(big)  # config only, no weights
-    cfg = EvalConfig(benchmarks=["mmstar"], synthetic_size=2)
+    cfg = EvalConfig(benchmarks=["mmstar"])
+    # benchmark files given (without them the synthetic-set rule refuses first)
+    data = write_synthetic(tmp_path / "data", ["mmstar"], n=2, seed=cfg.synthetic_seed)
     with pytest.raises(ValueError, match=r"671B parameters.*pass --endpoint"):
-        evaluate(cfg, model=str(big), output=str(tmp_path / "out"))
+        evaluate(cfg, model=str(big), data=str(data), output=str(tmp_path / "out"))
     assert not (tmp_path / "out" / "predictions.jsonl").exists()  # nothing was asked
