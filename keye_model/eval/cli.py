@@ -11,8 +11,12 @@ def register(commands) -> None:
     local = serve.add_parser(
         "local",
         help="OpenAI-compatible server for a model directory on CPU (127.0.0.1).",
-        description="Serves /v1/chat/completions (image_url/video_url parts as base64 data or file URLs), "
-        "/v1/models and /health with greedy decoding; concurrent requests are batched.",
+        description="Serves what SGLang's OpenAI-compatible server accepts from the model card's "
+        "client: /v1/chat/completions (image_url/video_url parts as base64 data or file URLs; "
+        "stream, n, stop, ignore_eos, skip_special_tokens, top_k, seed), /v1/models, /health, "
+        "/health_generate and SGLang's weight refresh (/pause_generation, /flush_cache, "
+        "/update_weights_from_disk, /continue_generation). Greedy decoding; concurrent requests "
+        "are batched.",
     )
     local.add_argument("--model", required=True, help="Model directory or s3:// prefix.")
     local.add_argument("--host", default="127.0.0.1", help="Bind address (default 127.0.0.1).")
