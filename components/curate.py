@@ -14,11 +14,14 @@ def curate(
     parent_run_id: str,
     inputs: list,
     curated: Output[Dataset],
-):
-    """Filter, de-duplicate, re-sample and synthesize the training pool."""
+) -> str:
+    """Filter, de-duplicate, re-sample and synthesize the training pool; returns the data URI."""
     from keye_model.stages import run_step
 
-    run_step("curate", recipe_json, storage_root, run_id, parent_run_id, curated, inputs=inputs)
+    result = run_step(
+        "curate", recipe_json, storage_root, run_id, parent_run_id, curated, inputs=inputs
+    )
+    return result.outputs["data"]
 
 
 @dsl.component(base_image=TOOLS_IMAGE, install_kfp_package=False)

@@ -1,7 +1,7 @@
 """Component: serving deploy (``keye stage deploy``)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Output
 
 from components.images import TOOLS_IMAGE
 
@@ -12,12 +12,13 @@ def deploy(
     storage_root: str,
     run_id: str,
     parent_run_id: str,
-    model: Input[Model],
-    evaluation: Input[Metrics],
+    model: str,
     release: Output[Artifact],
-):
-    """Render, validate and (with a reachable cluster) helm-install keye-serve for the model."""
+) -> str:
+    """Render, validate and (with a reachable cluster) helm-install keye-serve; returns the manifests URI."""
     from keye_model.stages import run_step
 
-    del evaluation  # only orders the step after evaluation: release what was scored
-    run_step("deploy", recipe_json, storage_root, run_id, parent_run_id, release, model=model)
+    result = run_step(
+        "deploy", recipe_json, storage_root, run_id, parent_run_id, release, model=model
+    )
+    return result.outputs["manifests"]

@@ -1,7 +1,7 @@
 """Component: evaluation (``keye stage evaluate``)."""
 
 from kfp import dsl
-from kfp.dsl import Input, Metrics, Model, Output
+from kfp.dsl import Metrics, Output
 
 from components.images import TOOLS_IMAGE
 
@@ -12,12 +12,12 @@ def evaluate(
     storage_root: str,
     run_id: str,
     parent_run_id: str,
+    model: str,
     data: str,
     endpoint: str,
-    model: Input[Model],
     report: Output[Metrics],
-):
-    """Score the model on the recipe's benchmarks with each benchmark's official rules."""
+) -> str:
+    """Score the model on the recipe's benchmarks with official rules; returns the scored model URI."""
     from keye_model.stages import run_step
 
     result = run_step(
@@ -33,3 +33,4 @@ def evaluate(
     )
     for name, value in result.metrics.items():
         report.log_metric(name, value)
+    return model

@@ -15,8 +15,11 @@ def init_model(
     vision: str,
     lm: str,
     model: Output[Model],
-):
-    """Assemble KeyeViT + a new mlp_AR projector + the DeepSeek-V3 LM (random parts where none given)."""
+) -> str:
+    """Assemble KeyeViT + a new mlp_AR projector + the DeepSeek-V3 LM; returns the model URI."""
     from keye_model.stages import run_step
 
-    run_step("init", recipe_json, storage_root, run_id, parent_run_id, model, vision=vision, lm=lm)
+    result = run_step(
+        "init", recipe_json, storage_root, run_id, parent_run_id, model, vision=vision, lm=lm
+    )
+    return result.outputs["model"]

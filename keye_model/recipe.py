@@ -17,6 +17,7 @@ from keye_model.config_utils import apply_overrides, field, to_dict
 from keye_model.data.config import CurateConfig
 from keye_model.eval.config import ALL_BENCHMARKS, EvalConfig
 from keye_model.model.init_config import InitConfig
+from keye_model.rl.config import ColdStartConfig, GSPOConfig
 from keye_model.serve.config import ServeConfig
 from keye_model.train.config import TrainConfig, align_stage, anneal_stage, sft_stage
 
@@ -40,6 +41,13 @@ class Recipe:
     sft: TrainConfig = field(
         default_factory=lambda: sft_stage(TrainConfig()),
         help="Supervised fine-tuning on instructions + long CoT.",
+    )
+    cold_start: ColdStartConfig = field(
+        default_factory=ColdStartConfig,
+        help="Cold-start: keep prompts of 25-75% pass rate, prune reflection, fine-tune.",
+    )
+    gspo: GSPOConfig = field(
+        default_factory=GSPOConfig, help="GSPO reinforcement learning with a verifier."
     )
     evaluate: EvalConfig = field(default_factory=EvalConfig, help="Evaluation stage.")
     serve: ServeConfig = field(default_factory=ServeConfig, help="Serving deploy step.")

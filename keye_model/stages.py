@@ -149,6 +149,27 @@ STAGES: tuple[StageSpec, ...] = (
         "Supervised fine-tuning: instructions mixed with long CoT, loss on assistant tokens only.",
     ),
     StageSpec(
+        name="cold_start",
+        entry="keye_model.rl.stages:cold_start",
+        config="cold_start",
+        help="Cold-start: sample k answers per prompt, keep prompts with a 25-75% pass rate and "
+        "their correct, de-duplicated reasoning, then fine-tune on them.",
+        inputs=(_MODEL, _DATA),
+        options=_TRAIN_OPTIONS,
+        produces="model",
+        headline="prompts_kept",
+    ),
+    StageSpec(
+        name="gspo",
+        entry="keye_model.rl.stages:gspo",
+        config="gspo",
+        help="GSPO: group rollouts, verifier rewards, sequence-level clipped policy updates.",
+        inputs=(_MODEL, _DATA),
+        options=_TRAIN_OPTIONS,
+        produces="model",
+        headline="reward_mean",
+    ),
+    StageSpec(
         name="evaluate",
         entry="keye_model.eval.stage:evaluate",
         config="evaluate",
@@ -173,7 +194,7 @@ STAGES: tuple[StageSpec, ...] = (
             ),
         ),
         produces="report",
-        headline="score_mean",
+        headline="mean/overall",
     ),
     StageSpec(
         name="deploy",

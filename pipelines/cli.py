@@ -74,6 +74,24 @@ def register(commands) -> None:
     )
     add_recipe_args(run)
     _add_request_args(run)
+    run.add_argument(
+        "--workdir",
+        default="",
+        help="Folder for the run's storage (unless --storage-root), kfp.local state and logs "
+        "(default: $KEYE_HOME, ./.keye).",
+    )
+    run.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under $KEYE_HOME).",
+    )
+    run.add_argument(
+        "--from-mlflow",
+        metavar="RUN_ID",
+        default="",
+        help="Re-run the exact recipe of an earlier pipeline run (its parent MLflow run id); "
+        "--set still overrides fields.",
+    )
     run.set_defaults(func=_run)
 
     pipeline = commands.top.add_parser(
@@ -103,17 +121,39 @@ def register(commands) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from keye_model.cli import recipe_from_args
-    from pipelines.run import run_local
+    import os
 
-    results = run_local(recipe_from_args(args), _request(args))
-    # kfp.local indents print() while it runs tasks; write the summary to stdout directly.
-    lines = [
-        "",
-        "keye run finished:",
-        *(f"  {stage:9s} {r.message}" for stage, r in results.items()),
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
+    from keye_model.cli import recipe_from_args
+    from keye_model.config_utils import parse_assignments
+    from keye_model.stages import get, headline
+    from keye_model.tracking import tracking_uri
+    from pipelines.run import recipe_from_mlflow, run_local
+
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    if args.from_mlflow:
+        recipe = recipe_from_mlflow(args.from_mlflow)
+        if args.overrides:
+            recipe = recipe.override(parse_assignments(args.overrides))
+    else:
+        recipe = recipe_from_args(args)
+    run = run_local(recipe, _request(args), workdir=args.workdir or None)
+    out = sys.stdout
+    if run.error:
+        out.write(f"\nkeye run {run.run_id} FAILED in stage {run.failed}: {run.error}\n")
+        tail = run.log_path.read_text(errors="replace").splitlines()[-25:]
+        out.write("last lines of the log:\n" + "\n".join(f"  {line}" for line in tail) + "\n")
+        out.write(f"full log: {run.log_path}\n")
+        return 1
+    out.write(f"\n{'stage':<11}{'status':<8}{'seconds':>8}  result\n")
+    for stage, result in run.results.items():
+        seconds = run.timings.get(stage, float("nan"))
+        out.write(f"{stage:<11}{'ok':<8}{seconds:>8.1f}  {headline(get(stage), result)}\n")
+    uri = tracking_uri()
+    out.write(f"\nMLflow tracking URI: {uri}\nparent run: {run.parent_run_id}\n")
+    if uri.startswith("sqlite:///"):
+        out.write(f"open the UI: mlflow ui --backend-store-uri {uri}\n")
+    out.write(f"logs: {run.log_path}\n")
     return 0
 
 

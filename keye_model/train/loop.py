@@ -168,7 +168,8 @@ def train(run: Run) -> StageResult:
             batches = [collate(rows_, pad_id, width) for rows_ in mine]
             metrics = _step(engine, monitor, batches, cfg, world)
             load = _all_reduce(monitor.reset_load())
-            monitor.apply_bias_update(load, cfg.moe.bias_update_rate)
+            if "model" in cfg.trainable:  # the routers belong to the LM: frozen LM, frozen routing
+                monitor.apply_bias_update(load, cfg.moe.bias_update_rate)
             seconds = time.perf_counter() - started
             tokens = float(_all_reduce(torch.tensor(sum(b.real_tokens for b in batches))))
             slots = float(_all_reduce(torch.tensor(sum(b.input_ids.numel() for b in batches))))
@@ -180,6 +181,7 @@ def train(run: Run) -> StageResult:
                 packing_efficiency=tokens / slots,
                 step_time_s=seconds,
                 moe_balance_max=float(balance.max()) if balance.numel() else 1.0,
+                moe_unused_experts=float((load == 0).sum()),
                 **{f"moe_balance_layer{i}": float(b) for i, b in enumerate(balance)},
                 samples_too_long=float(stats.get("too_long", 0)),
             )
