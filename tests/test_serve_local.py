@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from keye_model.eval.backends import wait_healthy
+from keye_model.eval.backends import OpenAIBackend, wait_healthy
 from keye_model.eval.generation import LocalGenerator, SamplingParams
 from keye_model.serve.refresh import RefreshError, refresh_weights
 from tests.conftest import FIXTURES, TEST_DATA
@@ -311,6 +311,7 @@ def test_weight_refresh_answers_from_new_weights_only(server, models, env):
     new = _answer(models["b"], QUESTION, params)
     assert old != new
     assert _chat(server).json()["choices"][0]["message"]["content"] == old
+    fingerprint = OpenAIBackend(server).fingerprint()  # what the evaluation cache is keyed by
 
     # A long request in flight when generation pauses is aborted (503, retryable), never
     # finished on the old weights behind the caller's back.
@@ -345,6 +346,9 @@ def test_weight_refresh_answers_from_new_weights_only(server, models, env):
     assert _chat(server).json()["choices"][0]["message"]["content"] == new
     info = httpx.get(f"{server}/get_model_info", timeout=10).json()
     assert info["model_path"] == str(models["b"]) and info["weight_version"] == "step-1"
+    # an evaluation cache written before the refresh is refused after it
+    refreshed = OpenAIBackend(server).fingerprint()
+    assert refreshed["id"] != fingerprint["id"] and "version step-1" in refreshed["description"]
 
     # The client helper does the same four calls; back to the first weights.
     reply = refresh_weights(server, models["a"], weight_version="step-2")

@@ -7,8 +7,9 @@
 - ``PredictionCache``: JSONL keyed by (benchmark, index, prompt hash); every answer is appended
   and flushed as it arrives, so a killed evaluation resumes without asking again. Its first line
   is a header with the fingerprint of the model that answered (``model_fingerprint`` for a
-  model directory, endpoint + served model name for a server); a cache written for another
-  model is refused, never silently reused.
+  model directory; for a server its endpoint, served model name and, where the server reports
+  them, weights path and version); a cache written for another model is refused, never silently
+  reused - nor one written before a weight refresh.
 
 Requests carry images and videos as ``file://`` URLs (see ``keye_model.eval.benchmarks``): the
 in-process backend reads the files directly; the HTTP backend inlines them as base64 data URLs
@@ -92,11 +93,19 @@ def model_fingerprint(model_dir: str | Path) -> dict:
     }
 
 
-def endpoint_fingerprint(endpoint: str, model: str) -> dict:
-    """Fingerprint of a served model: endpoint URL and served model name."""
+def endpoint_fingerprint(endpoint: str, model: str, weights: dict | None = None) -> dict:
+    """Fingerprint of a served model: endpoint URL, served model name and, when the server
+    reports them (SGLang's and ``keye serve local``'s ``/get_model_info``), its weights' path
+    and version, so answers cached before a weight refresh are not reused after it."""
+    if not weights:
+        return {
+            "id": f"endpoint:{endpoint}#{model}",
+            "description": f"model {model!r} served at {endpoint}",
+        }
+    path, version = weights.get("model_path"), weights.get("weight_version")
     return {
-        "id": f"endpoint:{endpoint}#{model}",
-        "description": f"model {model!r} served at {endpoint}",
+        "id": f"endpoint:{endpoint}#{model}@{path}#{version}",
+        "description": f"model {model!r} served at {endpoint} (weights {path}, version {version})",
     }
 
 
@@ -331,9 +340,25 @@ class OpenAIBackend:
         self.model = str(data[0]["id"])
         return self.model
 
+    def served_weights(self) -> dict | None:
+        """``model_path`` and ``weight_version`` from ``/get_model_info``; None if not offered."""
+        import httpx
+
+        try:
+            resp = httpx.get(
+                f"{self.endpoint}/get_model_info", headers=self._headers(), timeout=self.timeout_s
+            )
+            info = resp.json() if resp.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):  # not SGLang-like: name and URL must do
+            return None
+        if not isinstance(info, dict):
+            return None
+        weights = {k: info[k] for k in ("model_path", "weight_version") if info.get(k) is not None}
+        return weights or None
+
     def fingerprint(self) -> dict:
-        """Endpoint and served model name (the prediction cache refuses other models')."""
-        return endpoint_fingerprint(self.endpoint, self.resolve_model())
+        """Endpoint, served model name and weights (the prediction cache refuses other models')."""
+        return endpoint_fingerprint(self.endpoint, self.resolve_model(), self.served_weights())
 
     def close(self) -> None:
         """Nothing to release (connections live only inside ``run``)."""
