@@ -47,7 +47,13 @@ class ScriptedJudge:
 def test_extraction_order_think_then_boxed_then_answer_line():
     assert extract_answer("<think>maybe \\boxed{3}</think>So \\boxed{4}.") == ("4", "boxed")
     # A boxed answer only inside the reasoning does not count.
-    assert extract_answer("<think>\\boxed{3}</think>no final answer") == (None, "none")
+    assert extract_answer("<think>\\boxed{3}</think>I am not sure.\nIt could be many things.") == (
+        None,
+        "none",
+    )
+    # A bare one-line answer part is the answer (SFT data answers that way without thinking).
+    assert extract_answer("<think>\n\n</think>\n\n12") == ("12", "whole")
+    assert extract_answer("<think>\\boxed{3}</think>increasing.") == ("increasing", "whole")
     assert extract_answer("<think>x</think>Working...\nAnswer: 12.") == ("12", "answer_line")
     assert extract_answer("Answer: 1\nActually, answer: $7$") == ("7", "answer_line")
     assert extract_answer("\\boxed{5} and Answer: 6") == ("5", "boxed")
@@ -82,8 +88,10 @@ def test_answers_match(pred, gold, expected):
 def test_rule_check_reports_the_answer_and_branch():
     result = rule_check("<think>2+3</think>The sum is \\boxed{5}", "5")
     assert (result.correct, result.answer, result.how) == (True, "5", "boxed")
-    result = rule_check("I think it is five", "5")
+    result = rule_check("I think it is five.\nOr maybe six.", "5")
     assert (result.correct, result.answer, result.how) == (False, None, "none")
+    result = rule_check("<think>\n\n</think>\n\n5", "5")
+    assert (result.correct, result.answer, result.how) == (True, "5", "whole")
 
 
 @pytest.mark.parametrize(

@@ -283,6 +283,17 @@ def token_logprobs(
     return logp_BTV.gather(-1, tokens_BT.unsqueeze(-1)).squeeze(-1)
 
 
+def token_entropy(logits_BTV: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of each position's sampling distribution, ``z = logits / temperature``::
+
+    H_t = logsumexp_v(z_v) - sum_v softmax(z)_v * z_v
+    """
+    z_BTV = logits_BTV.float()
+    if temperature > 0 and temperature != 1.0:
+        z_BTV = z_BTV / temperature
+    return torch.logsumexp(z_BTV, -1) - (torch.softmax(z_BTV, -1) * z_BTV).sum(-1)
+
+
 PolicyLoss = Callable[..., tuple[torch.Tensor, Metrics]]
 
 # name -> loss; GSPOConfig.loss picks one.

@@ -1,7 +1,8 @@
 """Rewards for RL and cold-start: a rule verifier, then optionally a verifier model (REFERENCE §3).
 
 Rule check (``rule_check``), reusing the evaluation's extraction (``keye_model.eval.extract``):
-``<think>`` stripped, then the last ``\\boxed{}``, then the last "Answer: X"; option letters
+``<think>`` stripped, then the last ``\\boxed{}``, then the last "Answer: X", then a bare one-line
+answer (how SFT data answers outside thinking mode); option letters
 (reference ``B``: "B", "(B)", "B. text"); plain numbers within a relative/absolute tolerance;
 anything else by ``math-verify`` equivalence (``math_equal``) or normalised text equality.
 
@@ -42,8 +43,13 @@ _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _LETTER_GOLD = re.compile(r"^\(?([A-Z])\)?\.?$")
 
 
+# A bare answer part ("12", "B", "increasing") is the answer itself: SFT data answers that way
+# outside thinking mode. Longer free text without a marked answer is not graded.
+_WHOLE_MAX_CHARS = 64
+
+
 def extract_answer(response: str) -> tuple[str | None, str]:
-    """The final answer of a response and where it came from: boxed, answer_line or none."""
+    """The final answer of a response and where it came from: boxed, answer_line, whole or none."""
     answer_part = strip_thinking(response)
     boxed = last_boxed(answer_part)
     if boxed is not None:
@@ -51,6 +57,14 @@ def extract_answer(response: str) -> tuple[str | None, str]:
     matches = _ANSWER_LINE.findall(answer_part)
     if matches:
         return matches[-1].strip().strip("$").rstrip(".").strip(), "answer_line"
+    whole = answer_part.strip().rstrip(".").strip()
+    if (
+        whole
+        and "\n" not in whole
+        and len(whole) <= _WHOLE_MAX_CHARS
+        and ("<think>" not in response or "</think>" in response)
+    ):
+        return whole, "whole"
     return None, "none"
 
 
@@ -84,7 +98,7 @@ class RuleResult:
 
     correct: bool
     answer: str | None
-    how: str  # boxed | answer_line | none
+    how: str  # boxed | answer_line | whole | none
 
 
 def rule_check(
