@@ -47,10 +47,11 @@ def shard_keys(output: Path) -> list[str]:
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every output file but the staging area and the stage's result (it holds timings)."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and "work" not in p.parts
+        if p.is_file() and "work" not in p.parts and p.name != "stage_result.json"
     }
 
 
@@ -209,6 +210,21 @@ def _cli(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
     )
 
 
+def slow_run(output: Path, args: list[str], pauses: dict[str, float], **kwargs) -> subprocess.Popen:
+    """The stage in a subprocess (own session, so it can be killed with its workers), pausing
+    after the given progress events (tests/curate_slow_run.py)."""
+    after = [arg for event, s in pauses.items() for arg in ("--after", f"{event}={s}")]
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "curate_slow_run.py"), str(output), *args, *after],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
 def test_kill_and_resume_reproduces_uninterrupted_output(tmp_path):
     sets = [
         "--set",
@@ -220,15 +236,9 @@ def test_kill_and_resume_reproduces_uninterrupted_output(tmp_path):
         "--set",
         "curate.keep_work=true",
     ]
-    env = {**os.environ, "KEYE_CURATE_UNIT_DELAY_S": "0.6", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = tmp_path / "killed"
-    proc = _cli(
-        ["--preset", "tiny", "--output", str(out), *sets],
-        env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = slow_run(out, sets, {"write_done": 0.6})
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / "work" / "write").glob("*.done"))) < 2:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -250,7 +260,6 @@ def test_kill_and_resume_reproduces_uninterrupted_output(tmp_path):
 
     stale = out / "shards" / ".00006-000.tar.tmp99999"  # what a kill mid-write leaves behind
     stale.write_bytes(b"partial")
-    env.pop("KEYE_CURATE_UNIT_DELAY_S")
     resumed = _cli(
         ["--preset", "tiny", "--output", str(out), *sets],
         env,
@@ -260,6 +269,7 @@ def test_kill_and_resume_reproduces_uninterrupted_output(tmp_path):
     stdout, stderr = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, stderr.decode()[-3000:]
     assert f"write: 7 units ({len(done)} already done)" in stderr.decode()
+    assert "dedup: already done" in stderr.decode()  # the global pass is not redone either
     assert not stale.exists()
     for path, stat in {**finished, **scanned}.items():
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == stat, f"{path} was redone"
@@ -287,17 +297,10 @@ def test_kill_and_resume_reproduces_uninterrupted_output(tmp_path):
 def test_kill_during_scan_discards_partial_unit_and_resumes_identically(tmp_path):
     overrides = {"num_synthetic": 40, "shard_size": 8, "synthetic_max_side": 128, "keep_work": True}
     sets = [arg for k, v in overrides.items() for arg in ("--set", f"curate.{k}={v}".lower())]
-    # A per-sample delay keeps each unit in flight ~1 s, so the kill lands inside one.
-    env = {**os.environ, "KEYE_CURATE_SAMPLE_DELAY_S": "0.12", "PYTHONPATH": str(REPO)}
+    # A pause per sample keeps each unit in flight ~1 s, so the kill lands inside one.
     out = tmp_path / "killed"
     scan = out / "work" / "scan"
-    proc = _cli(
-        ["--preset", "tiny", "--output", str(out), *sets, "--set", "curate.num_workers=2"],
-        env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = slow_run(out, [*sets, "--set", "curate.num_workers=2"], {"scan_sample": 0.12})
 
     def in_flight() -> list[Path]:
         done = {p.stem for p in scan.glob("*.done")}
@@ -474,3 +477,23 @@ def test_a_failing_unit_leaves_no_scratch_dirs_or_partial_files(tmp_path, monkey
     curate_mod.write_unit(unit, cfg_json, str(work), str(out), {}, {"caption": 1.0})
     assert scratch_dirs() == before
     assert len(shard_keys(out)) == 12
+
+
+def test_a_crashed_curation_leaves_a_failed_mlflow_run(tmp_path):
+    import mlflow
+
+    inputs, _ = build_corpus(tmp_path / "raw")
+
+    def crash(event: str, unit: str) -> None:
+        if event == "write_done":
+            raise RuntimeError("node lost")
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        curate(corpus_config(), inputs, str(tmp_path / "out"), on_event=crash)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["keye"], filter_string="tags.stage = 'curate'")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FAILED"
+    assert run["params.shard_size"] == "8" and run["tags.curate.engine"] == "local"
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -100,9 +100,11 @@ class DedupConfig:
         18, help="Hamming radius (of phash_size^2 bits) under which two images are near-duplicates."
     )
     phash_band_bits: int = field(
-        20,
-        help="Width of the multi-index hashing bands (Norouzi et al., 2012). Buckets hold ~n / 2^bits "
-        "codes, so wider bands keep queries cheap for larger corpora; 20 suits up to ~10^6 images.",
+        24,
+        help="Width b of the multi-index hashing bands (Norouzi et al., 2012). A candidate bucket "
+        "holds ~n / 2^(b-1) random codes besides true matches, so wider bands keep the work linear "
+        "for larger corpora: 24 gives ~0.06 strangers per bucket at 10^6 images. The bands must fit "
+        "the code: (radius // (s + 1) + 1) * b <= phash_size^2 picks the per-band radius s.",
     )
     exempt_synthetic: bool = field(
         True,
@@ -113,6 +115,23 @@ class DedupConfig:
     minhash_num_perm: int = field(64, help="MinHash permutations.")
     shingle_words: int = field(3, help="Word n-gram size of text shingles.")
     min_words: int = field(8, help="Texts shorter than this many words are not near-dup checked.")
+    video_frames: int = field(
+        4,
+        help="Frames hashed per video for video near-duplicates (at evenly spaced times, so "
+        "re-encoded or resized copies are hashed at the same moments).",
+    )
+    video_min_match: float = field(
+        0.75,
+        help="Two videos are near-duplicates when at least this share of their aligned frame "
+        "hashes lie within phash_radius (one differing frame of four may be a cut or a fade).",
+    )
+    max_bucket: int = field(
+        64,
+        help="Hot-bucket cap: inside a candidate bucket each sample is compared with the next "
+        "max_bucket samples (input order) only, so a bucket of m near-identical samples costs "
+        "m * max_bucket checks, not m^2 / 2. Capped buckets are counted in the manifest; "
+        "identical hashes never count against it (they are joined before bucketing).",
+    )
     text_categories: list[str] = field(
         default_factory=lambda: ["caption", "interleaved", "document", "ocr"],
         help="Categories whose text is near-dup checked (templated VQA questions would all collide).",
@@ -147,6 +166,46 @@ class MixtureConfig:
     )
 
 
+ENGINES: tuple[str, ...] = ("local", "ray")
+
+
+@dataclass
+class RayJobConfig:
+    """The KubeRay ``RayJob`` that runs curation on a cluster (engine=ray from the KFP component)."""
+
+    enabled: bool = field(
+        False,
+        help="In the KFP curate component: submit a RayJob (a Ray cluster that runs the stage and "
+        "is torn down after) instead of curating inside the component's pod. Needs engine=ray.",
+    )
+    namespace: str = field("kubeflow", help="Namespace of the RayJob and its pods.")
+    image: str = field(
+        "", help="Image of the head and workers ('' = components.images.TOOLS_IMAGE)."
+    )
+    ray_version: str = field("2.60.0", help="Ray version in the image (KubeRay reads it).")
+    head_cpu: str = field("4", help="CPU of the head pod (Kubernetes quantity).")
+    head_memory: str = field(
+        "64Gi",
+        help="Memory of the head pod: the driver holds the duplicate edges for connected "
+        "components (~50 bytes per edge; see keye_model/data/README.md).",
+    )
+    workers: int = field(4, help="Worker pods.")
+    worker_cpu: str = field("16", help="CPU of each worker pod (Kubernetes quantity).")
+    worker_memory: str = field("64Gi", help="Memory of each worker pod (Kubernetes quantity).")
+    service_account: str = field(
+        "", help="Service account of the Ray pods (S3 access through IRSA or similar)."
+    )
+    env_secrets: list[str] = field(
+        default_factory=lambda: ["keye-s3", "keye-mlflow"],
+        help="Secrets whose keys become the Ray pods' environment (optional; credentials are "
+        "never written into the RayJob object).",
+    )
+    timeout_s: float = field(
+        3 * 24 * 3600.0, help="activeDeadlineSeconds of the RayJob; the stage fails after it."
+    )
+    poll_s: float = field(10.0, help="Seconds between status polls while following the job.")
+
+
 @dataclass
 class CurateConfig:
     """Data curation: filtering, dedup, re-sampling and synthesis (REFERENCE §2.1)."""
@@ -165,7 +224,23 @@ class CurateConfig:
         "one input file (or synthetic block); its survivors fill shards <unit>-<part>.tar.",
     )
     seed: int = field(0, help="Seed for synthesis and re-sampling; a run is reproducible from it.")
-    num_workers: int = field(1, help="Worker processes for scanning and writing (0 = all cores).")
+    num_workers: int = field(
+        1,
+        help="Worker processes (engine=local) or Ray workers (engine=ray) for scanning, "
+        "de-duplicating and writing (0 = all cores of this machine or Ray cluster).",
+    )
+    engine: str = field(
+        "local",
+        help=f"Where the phases run: one of {list(ENGINES)}. 'local' is this process with forked "
+        "workers; 'ray' runs scan, dedup, mixture and write as Ray Data jobs. Both take their "
+        "decisions from the same code and write byte-identical output.",
+    )
+    ray_address: str = field(
+        "",
+        help="engine=ray: '' starts a private Ray on this machine (num_workers CPUs, no "
+        "dashboard); 'auto' joins the Ray cluster this process runs in (a RayJob's entrypoint); "
+        "else a cluster address such as ray://head:10001.",
+    )
     operators: list[str] = field(
         default_factory=lambda: [*FILTER_OPERATORS[:4], *DEDUP_OPERATORS],
         help=f"Operators in order; filters {list(FILTER_OPERATORS)} run per sample, dedup "
@@ -187,6 +262,9 @@ class CurateConfig:
     )
     dedup: DedupConfig = field(default_factory=DedupConfig, help="Duplicate detection.")
     mixture: MixtureConfig = field(default_factory=MixtureConfig, help="Category re-sampling.")
+    rayjob: RayJobConfig = field(
+        default_factory=RayJobConfig, help="KubeRay RayJob of engine=ray on a cluster."
+    )
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent field."""
@@ -226,6 +304,22 @@ class CurateConfig:
             raise ValueError("curate.filters.max_aspect: must lie in [1, 200] (smart_resize limit)")
         if not 4 <= self.dedup.phash_band_bits <= min(32, self.dedup.phash_size**2):
             raise ValueError("curate.dedup.phash_band_bits: must lie in [4, min(32, phash_size^2)]")
+        if not 1 <= self.dedup.video_frames <= 16:
+            raise ValueError(
+                f"curate.dedup.video_frames: must lie in [1, 16], got {self.dedup.video_frames}"
+            )
+        if not 0.0 < self.dedup.video_min_match <= 1.0:
+            raise ValueError("curate.dedup.video_min_match: must lie in (0, 1]")
+        if self.dedup.max_bucket < 1:
+            raise ValueError(f"curate.dedup.max_bucket: must be >= 1, got {self.dedup.max_bucket}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"curate.engine: {self.engine!r} is not one of {list(ENGINES)}")
+        if self.rayjob.enabled and self.engine != "ray":
+            raise ValueError(
+                "curate.rayjob.enabled: a RayJob runs engine=ray; set curate.engine=ray"
+            )
+        if self.num_workers < 0:
+            raise ValueError(f"curate.num_workers: must be >= 0, got {self.num_workers}")
         if self.mixture.max_repeat < 1.0:
             raise ValueError(
                 f"curate.mixture.max_repeat: must be >= 1, got {self.mixture.max_repeat}"

@@ -9,11 +9,18 @@ Phases (each resumable; done markers are written last and atomically):
    (decode, size, text quality, language, image-text score), token counts and dedup signatures.
    Survivors go to ``work/scan/<unit>.tar``, signatures to ``<unit>.sig.jsonl``, rejections to
    ``<unit>.rejected.jsonl``, then ``<unit>.done``.
-2. dedup (global, one process): walks signatures in unit order, drops exact and near duplicates.
+2. dedup (global): exact and near duplicates from the signatures (``keye_model.data.dedup``:
+   candidate pairs by band key, verification, connected components, one decision per
+   component); ``work/dedup/<unit>.drops.jsonl``, then ``work/dedup.done``.
 3. mixture: per-category repeat factors from the surviving tokens (``keye_model.data.mixture``).
 4. write (parallel over units): ``shards/<unit>-<part>.tar`` (at most ``shard_size`` samples each)
    and ``rejected/<unit>.jsonl``, then ``work/write/<unit>.done``.
-5. ``manifest.json``, plots and metrics to MLflow.
+5. ``manifest.json``, plots and metrics to MLflow (the run opens when the stage starts, so a
+   crashed curation leaves a failed run behind).
+
+Engines (``curate.engine``): ``local`` runs the phases in this process with forked workers;
+``ray`` runs the same functions as Ray Data jobs (``keye_model.data.ray_curate``), locally or on
+a cluster. Output does not depend on the engine or the number of workers.
 
 A killed run restarts where it stopped: finished units are skipped, unfinished ones are redone
 from scratch (their partial temp files deleted first), and the output is byte-identical to an
@@ -46,7 +53,7 @@ from typing import Any
 from keye_model import storage
 from keye_model.config_utils import from_dict, to_dict
 from keye_model.data.config import CATEGORIES, CurateConfig
-from keye_model.data.dedup import GlobalDedup, signature
+from keye_model.data.dedup import SIDE_BINS, DedupPlan, run_local, signature
 from keye_model.data.mixture import achieved_shares, repeat_factors, repeats, target_shares
 from keye_model.data.operators import Rejection, build_filters, media_tokens
 from keye_model.data.readers import (
@@ -63,13 +70,12 @@ from keye_model.stage import StageResult
 from keye_model.tracking import scratch_dir
 
 STAGE = "curate"
-# Test hooks: seconds to sleep after each finished unit / each scanned sample, so a test can kill
-# a run between units or in the middle of one.
-DELAY_ENV = "KEYE_CURATE_UNIT_DELAY_S"
-SAMPLE_DELAY_ENV = "KEYE_CURATE_SAMPLE_DELAY_S"
-SIDE_BINS = [16 * 2 ** (i / 2) for i in range(19)]  # 16 .. 8192 px, half-octave bins
 # Settings that do not change the output; a resumed run may change them freely.
-RUNTIME_FIELDS = ("num_workers", "keep_work")
+RUNTIME_FIELDS = ("num_workers", "keep_work", "engine", "ray_address", "rayjob")
+# on_event(event, unit name) is called with "scan_sample" (each input sample), "scan_done" and
+# "write_done" (each finished unit), in whichever worker did the work: progress reporting, or a
+# test that needs to stop a run at a known point.
+EventHook = Callable[[str, str], None]
 
 log = get_logger(STAGE)
 
@@ -127,25 +133,6 @@ def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def iter_jsonl(uri: str, scratch: Path) -> Iterator[dict]:
-    """Stream the records of a JSONL file (S3 files are downloaded to ``scratch`` first)."""
-    path = (
-        storage.download(uri, scratch / "stream.jsonl")
-        if storage.is_s3(uri)
-        else storage.local_path(uri)
-    )
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
-
-
-def _sleep_hook(env: str = DELAY_ENV) -> None:
-    delay = float(os.environ.get(env, "0") or 0)
-    if delay > 0:
-        time.sleep(delay)
-
-
 # ---------------------------------------------------------------------------------------------
 # Phase 1: scan
 
@@ -188,7 +175,13 @@ def scan_sample(
     return signature(sample, cfg)
 
 
-def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> dict:
+def scan_unit(
+    unit: WorkUnit,
+    cfg_json: str,
+    tokenizer_json: str,
+    work: str,
+    on_event: EventHook | None = None,
+) -> dict:
     """Phase 1 for one unit; returns (and stores in the done marker) its counts."""
     cfg, filters, tokenizer = _scanner(cfg_json, tokenizer_json)
     base = storage.join(work, "scan", unit.name)
@@ -216,7 +209,8 @@ def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> 
             open(stack.enter_context(staged(base + ".rejected.jsonl", scratch)), "w")
         )
         for item in read_unit(unit, cfg, scratch):
-            _sleep_hook(SAMPLE_DELAY_ENV)
+            if on_event is not None:
+                on_event("scan_sample", unit.name)
             counts["input"] += 1
             counts["by_source"][item.source] += 1
             if isinstance(item, BadRecord):
@@ -241,7 +235,8 @@ def scan_unit(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str) -> 
                 add_member(archive, name, data)
     summary = {k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()}
     storage.write_text(base + ".done", json.dumps(summary, sort_keys=True))
-    _sleep_hook()
+    if on_event is not None:
+        on_event("scan_done", unit.name)
     return summary
 
 
@@ -256,6 +251,7 @@ def write_unit(
     output: str,
     drops: dict[str, list[str]],
     factors: dict[str, float],
+    on_event: EventHook | None = None,
 ) -> dict:
     """Phase 4 for one unit: emit survivors (with mixture repeats) into shards, log rejections."""
     cfg = from_dict(CurateConfig, json.loads(cfg_json))
@@ -327,7 +323,8 @@ def write_unit(
     storage.write_text(
         storage.join(work, "write", f"{unit.name}.done"), json.dumps(summary, sort_keys=True)
     )
-    _sleep_hook()
+    if on_event is not None:
+        on_event("write_done", unit.name)
     return summary
 
 
@@ -385,9 +382,10 @@ def _pool_map(fn: Callable, tasks: list[tuple], workers: int, desc: str) -> list
         return [fn(*task) for task in progress(tasks, desc=desc, total=len(tasks))]
     import multiprocessing
 
-    # fork: children inherit the imported modules and the warmed-up operators (langid model,
-    # tokenizer), where spawn would re-import torch/transformers (seconds) in every worker. Safe
-    # here because no MLflow run or torch thread pool is active while workers run (see curate()).
+    # fork: children inherit the imported modules and the warmed-up operators (language model,
+    # tokenizer), where spawn would re-import torch/transformers (seconds) in every worker. The
+    # stage's MLflow run is open meanwhile: children never call MLflow, and a forked child leaves
+    # through os._exit, so it cannot close or flush the parent's store connection.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
@@ -420,32 +418,57 @@ def _fingerprint(cfg: CurateConfig, units: list[WorkUnit], work: str) -> None:
     storage.write_text(uri, record)
 
 
-def _dedup_pass(
-    cfg: CurateConfig, units: list[WorkUnit], work: str
-) -> tuple[dict, dict, dict, list[int]]:
-    """Phase 2: ordered global dedup; drops per unit, available tokens, stats, side histogram."""
-    import numpy as np
+class LocalEngine:
+    """Scan, dedup and write in this process, units spread over forked worker processes."""
 
-    dedup = GlobalDedup(cfg)
-    drops: dict[str, dict[str, list[str]]] = {}
-    available: Counter = Counter()
-    reasons: Counter = Counter()
-    hist = np.zeros(len(SIDE_BINS) - 1, dtype=np.int64)
-    with scratch_space() as scratch:
-        for unit in progress(units, desc="dedup", total=len(units)):
-            unit_drops: dict[str, list[str]] = {}
-            for sig in iter_jsonl(storage.join(work, "scan", f"{unit.name}.sig.jsonl"), scratch):
-                rejection = dedup.check(sig)
-                if rejection is not None:
-                    unit_drops[sig["key"]] = [rejection.reason, rejection.detail]
-                    reasons[rejection.reason] += 1
-                    continue
-                available[sig["category"]] += sig["text_tokens"] + sig["image_tokens"]
-                if sig["width"]:
-                    side = min(max(sig["width"], sig["height"]), SIDE_BINS[-1] - 1)
-                    hist[max(0, int(np.searchsorted(SIDE_BINS, side, side="right")) - 1)] += 1
-            drops[unit.name] = unit_drops
-    return drops, dict(available), dict(reasons), hist.tolist()
+    name = "local"
+
+    def __init__(self, num_workers: int):
+        self.workers = num_workers or os.cpu_count() or 1
+
+    def scan(self, units, cfg_json, tokenizer_json, work, on_event) -> None:
+        """Phase 1 for ``units``."""
+        _scanner(cfg_json, tokenizer_json)  # build once here; forked workers inherit it
+        tasks = [(u, cfg_json, tokenizer_json, work, on_event) for u in units]
+        _pool_map(scan_unit, tasks, self.workers, "scan")
+
+    def dedup(self, plan: DedupPlan, units: list[WorkUnit], work: str) -> dict:
+        """Phase 2 in this process."""
+        return run_local(plan, units, work)
+
+    def write(self, units, cfg_json, work, output, factors, on_event) -> None:
+        """Phase 4 for ``units``."""
+        from keye_model.data.dedup import read_unit_drops
+
+        tasks = [
+            (u, cfg_json, work, output, read_unit_drops(work, u.name), factors, on_event)
+            for u in units
+        ]
+        _pool_map(write_unit, tasks, self.workers, "write")
+
+
+@contextmanager
+def open_engine(cfg: CurateConfig) -> Iterator[Any]:
+    """The configured engine, with Ray up for the duration of the block when engine=ray."""
+    if cfg.engine == "local":
+        yield LocalEngine(cfg.num_workers)
+        return
+    from keye_model.data.ray_curate import RayEngine, ray_runtime
+
+    with ray_runtime(cfg) as cpus:
+        yield RayEngine(cpus, cfg.num_workers)
+
+
+def _dedup_phase(cfg: CurateConfig, engine: Any, units: list[WorkUnit], work: str) -> dict:
+    """Phase 2, once: a finished dedup (``work/dedup.done``) is read back on resume."""
+    done = storage.join(work, "dedup.done")
+    if storage.exists(done):
+        log.info("dedup: already done")
+        return json.loads(storage.read_text(done))
+    _remove_tree(storage.join(work, "dedup"))  # drop files of a dedup that was killed midway
+    result = engine.dedup(DedupPlan.from_config(cfg), units, work)
+    storage.write_text(done, json.dumps(result, sort_keys=True))
+    return result
 
 
 def _done(uri: str) -> bool:
@@ -458,63 +481,86 @@ def curate(
     output: str,
     shard_index: int | None = None,
     num_shards: int = 1,
+    *,
+    on_event: EventHook | None = None,
 ) -> StageResult:
     """Run the curation stage (or, with ``shard_index``, only its scan phase for that shard)."""
     started = time.time()
     cfg.validate()
     if shard_index is not None and not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard-index must lie in [0, {num_shards}), got {shard_index}")
+    if shard_index is not None:  # one ParallelFor scan task: the final pass owns the MLflow run
+        return _run(cfg, inputs, output, shard_index, num_shards, on_event, None, started)
+    from keye_model.tracking import stage_run
+
+    # Open before any work, so a crash leaves a FAILED run with the config. Forked workers may
+    # start inside it: they never touch MLflow, and the client starts no background threads.
+    with stage_run(STAGE, cfg) as tracker:
+        tracker.set_tags({"curate.engine": cfg.engine})
+        return _run(cfg, inputs, output, None, 1, on_event, tracker, started)
+
+
+def _run(
+    cfg: CurateConfig,
+    inputs: list[str],
+    output: str,
+    shard_index: int | None,
+    num_shards: int,
+    on_event: EventHook | None,
+    tracker: Any,
+    started: float,
+) -> StageResult:
     units = plan_units(cfg, inputs)  # validates every input file before any heavy work
     work = storage.join(output, "work")
     _fingerprint(cfg, units, work)
-    workers = cfg.num_workers or os.cpu_count() or 1
     cfg_json = json.dumps(to_dict(cfg), sort_keys=True)
-
     mine = [u for u in units if shard_index is None or u.index % num_shards == shard_index]
     pending = [u for u in mine if not _done(storage.join(work, "scan", f"{u.name}.done"))]
-    log.info(
-        "scan: %d units (%d already done), %d workers", len(mine), len(mine) - len(pending), workers
-    )
-    if pending:
-        tokenizer_json = _tokenizer_json(cfg)
-        _scanner(cfg_json, tokenizer_json)  # build once here; forked workers inherit it
-        tasks = [(u, cfg_json, tokenizer_json, work) for u in pending]
-        _pool_map(scan_unit, tasks, workers, "scan")
-    if shard_index is not None:
-        return StageResult(
-            stage=STAGE,
-            outputs={"work": work},
-            metrics={"units_scanned": float(len(pending)), "elapsed_s": time.time() - started},
-            message=f"scanned shard {shard_index}/{num_shards}: {len(mine)} units; "
-            "run once more without --shard-index to finish",
+    with open_engine(cfg) as engine:
+        log.info(
+            "scan: %d units (%d already done), engine %s with %d workers",
+            len(mine),
+            len(mine) - len(pending),
+            engine.name,
+            engine.workers,
         )
-    missing = [u.name for u in units if not _done(storage.join(work, "scan", f"{u.name}.done"))]
-    if missing:
-        raise RuntimeError(f"units {missing[:5]} were not scanned")
+        if pending:
+            engine.scan(pending, cfg_json, _tokenizer_json(cfg), work, on_event)
+        if shard_index is not None:
+            return StageResult(
+                stage=STAGE,
+                outputs={"work": work},
+                metrics={
+                    "units_scanned": float(len(pending)),
+                    "elapsed_s": time.time() - started,
+                },
+                message=f"scanned shard {shard_index}/{num_shards}: {len(mine)} units; "
+                "run once more without --shard-index to finish",
+            )
+        missing = [u.name for u in units if not _done(storage.join(work, "scan", f"{u.name}.done"))]
+        if missing:
+            raise RuntimeError(f"units {missing[:5]} were not scanned")
 
-    drops, available, dedup_reasons, side_hist = _dedup_pass(cfg, units, work)
-    factors, budget = repeat_factors(cfg.mixture, available)
-    log.info(
-        "dedup dropped %d; repeat factors %s",
-        sum(dedup_reasons.values()),
-        {c: round(f, 3) for c, f in factors.items()},
-    )
-    _clean_partials(output)
-    write_pending = [u for u in units if not _done(storage.join(work, "write", f"{u.name}.done"))]
-    log.info("write: %d units (%d already done)", len(units), len(units) - len(write_pending))
-    tasks = [(u, cfg_json, work, output, drops[u.name], factors) for u in write_pending]
-    _pool_map(write_unit, tasks, workers, "write")
-    manifest = build_manifest(cfg, units, inputs, work, available, factors, budget, side_hist)
+        dedup = _dedup_phase(cfg, engine, units, work)
+        factors, budget = repeat_factors(cfg.mixture, dedup["available"])
+        log.info(
+            "dedup dropped %d (%d hot buckets capped); repeat factors %s",
+            sum(dedup["reasons"].values()),
+            dedup["stats"]["capped_buckets"],
+            {c: round(f, 3) for c, f in factors.items()},
+        )
+        _clean_partials(output)
+        write_pending = [
+            u for u in units if not _done(storage.join(work, "write", f"{u.name}.done"))
+        ]
+        log.info("write: %d units (%d already done)", len(units), len(units) - len(write_pending))
+        engine.write(write_pending, cfg_json, work, output, factors, on_event)
+    manifest = build_manifest(cfg, units, inputs, work, dedup, factors, budget)
     storage.write_text(
         storage.join(output, "manifest.json"), json.dumps(manifest, indent=2, sort_keys=True)
     )
-
-    # The MLflow run opens only now, after every worker has exited (workers are forked).
-    from keye_model.tracking import stage_run
-
-    with stage_run(STAGE, cfg) as tracker:
-        _log_to_mlflow(tracker, manifest)
-        tracker.log_metrics({"elapsed_s": time.time() - started})
+    _log_to_mlflow(tracker, manifest)
+    tracker.log_metrics({"elapsed_s": time.time() - started})
     if not cfg.keep_work:
         _remove_work(work)
     counts = manifest["counts"]
@@ -542,12 +588,12 @@ def build_manifest(
     units: list[WorkUnit],
     inputs: list[str],
     work: str,
-    available: dict[str, int],
+    dedup: dict,
     factors: dict[str, float],
     budget: int,
-    side_hist: list[int],
 ) -> dict:
     """Aggregate the done markers of every unit into the stage manifest (no timestamps)."""
+    available = dedup["available"]
     reasons: Counter = Counter()
     sources: dict[str, Counter] = defaultdict(Counter)
     categories: dict[str, Counter] = defaultdict(Counter)
@@ -606,7 +652,11 @@ def build_manifest(
                 c for c, w in cfg.mixture.weights.items() if w > 0 and not available.get(c)
             ),
         },
-        "image_side_histogram": {"bins": [round(b, 1) for b in SIDE_BINS], "counts": side_hist},
+        "image_side_histogram": {
+            "bins": [round(b, 1) for b in SIDE_BINS],
+            "counts": dedup["side_hist"],
+        },
+        "dedup": dedup["stats"],
         "shards": shards,
         "inputs": list(inputs),
         "config": to_dict(cfg) | {k: None for k in RUNTIME_FIELDS},
@@ -641,10 +691,13 @@ def _clean_partials(output: str) -> None:
 
 def _remove_work(work: str) -> None:
     """Delete the staging area (signatures, staging shards, done markers)."""
-    if not storage.is_s3(work):
-        shutil.rmtree(storage.local_path(work), ignore_errors=True)
+    _remove_tree(work)
+
+
+def _remove_tree(uri: str) -> None:
+    """Delete everything under a local directory or an S3 prefix."""
+    if not storage.is_s3(uri):
+        shutil.rmtree(storage.local_path(uri), ignore_errors=True)
         return
-    client = storage.s3_client()
-    for uri in list(storage.list_files(work)):
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        client.delete_object(Bucket=bucket, Key=key)
+    for item in list(storage.list_files(uri)):
+        storage.delete(item)

@@ -1,86 +1,172 @@
-"""Near-duplicate indexes: multi-index hashing for perceptual hashes, MinHash LSH for text.
+"""Near-duplicate math shared by both curation engines: band keys, bucket pairs, verification,
+connected components.
 
 Perceptual hashes (``phash_size``^2 bits) are near-duplicates within a Hamming radius ``r``.
-A linear scan costs O(n) per query, O(n^2) per corpus. Multi-index hashing (Norouzi, Punjani and
-Fleet, CVPR 2012) cuts ``p`` disjoint bands of ``b`` bits out of the code, keeps one hash table per
-band, and probes each table at every value within a sub-radius ``s`` of the query's band, then
-verifies the few candidates. Pigeonhole makes it exact: at most ``r // (s + 1)`` bands of a true
-match differ in more than ``s`` bits, so ``p = r // (s + 1) + 1`` bands cannot all miss it (the
-bands need not cover the whole code). We take the smallest ``s`` for which ``p`` bands of ``b``
-bits fit: r = 18, b = 20 gives s = 1, p = 10, so a query costs 10 x 21 = 210 probes into buckets
-of ~n / 2^20 codes instead of n comparisons. We chose it over a BK-tree, whose search at radius
-18 in 256 bits visits most of the tree.
+Comparing every pair is O(n^2). Multi-index hashing (Norouzi, Punjani and Fleet, CVPR 2012) cuts
+``p`` disjoint bands of ``b`` bits out of the code; pigeonhole makes it exact: at most
+``r // (s + 1)`` bands of a true match differ in more than ``s`` bits, so with
+``p = r // (s + 1) + 1`` bands one band differs in at most ``s`` bits. We take the smallest ``s``
+for which ``p`` bands of ``b`` bits fit (r = 18, b = 24: s = 1, p = 10).
+
+To find candidates by *grouping* (a shuffle, as a distributed engine does) rather than by probing
+an index, each band is split again into ``s + 1`` parts: a band within ``s`` bits has one part
+equal, and the rest of the band within ``s`` bits. A row is routed by (band, part, part value);
+inside a route group the rest is compared through *deletion keys*: the rest with ``s`` chosen bits
+cleared, one key per choice. Two rests within ``s`` bits share the key that clears the bits where
+they differ, so every true pair meets in some bucket. Routes and buckets are 64-bit hashes: a
+collision only adds a candidate, and every candidate is verified, so the result stays exact.
+
+Text uses MinHash LSH bands (datasketch's choice of ``b`` bands of ``r`` rows for the
+threshold); a bucket is one band's values. Candidates are verified by the estimated Jaccard.
+
+Verified pairs are edges of a graph; samples only ever duplicate samples of their own connected
+component, so deciding per component equals deciding over the whole corpus.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 
 import numpy as np
 
 MINHASH_SCHEME = "affine32"  # datasketch 2.x default; must be named when rebuilding from values
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
 
 
-def band_masks(band_bits: int, sub_radius: int) -> list[int]:
-    """All XOR masks of at most ``sub_radius`` set bits within one band (0 first)."""
-    masks = [0]
-    for weight in range(1, sub_radius + 1):
-        for bits in itertools.combinations(range(band_bits), weight):
-            masks.append(sum(1 << b for b in bits))
-    return masks
+def mih_layout(bits: int, radius: int, band_bits: int) -> tuple[int, int]:
+    """(sub-radius s, bands p) of exact multi-index hashing: the smallest s with p * b <= bits."""
+    if not 1 <= band_bits <= bits:
+        raise ValueError(f"band_bits must lie in [1, {bits}], got {band_bits}")
+    sub = next(s for s in range(radius + 1) if (radius // (s + 1) + 1) * band_bits <= bits)
+    return sub, radius // (sub + 1) + 1
 
 
-class MultiIndexHash:
-    """Exact Hamming-radius search over fixed-width integer codes without pairwise comparison."""
+def split_widths(total: int, parts: int) -> list[int]:
+    """``total`` bits cut into ``parts`` contiguous widths as even as possible (wider first)."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
-    def __init__(self, bits: int, radius: int, band_bits: int):
-        if not 1 <= band_bits <= bits:
-            raise ValueError(f"band_bits must lie in [1, {bits}], got {band_bits}")
-        self.bits, self.radius, self.band_bits = bits, radius, band_bits
-        self.sub_radius = next(
-            s for s in range(radius + 1) if (radius // (s + 1) + 1) * band_bits <= bits
-        )
-        self.bands = radius // (self.sub_radius + 1) + 1
-        self.band_mask = (1 << band_bits) - 1
-        self.probes = band_masks(band_bits, self.sub_radius)
-        self.tables: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
-        self.codes: list[int] = []
-        self.keys: list[str] = []
 
-    def __len__(self) -> int:
-        return len(self.codes)
+def deletion_masks(width: int, sub_radius: int) -> np.ndarray:
+    """Every mask of exactly ``min(sub_radius, width)`` set bits within ``width`` bits (uint64)."""
+    weight = min(sub_radius, width)
+    masks = [sum(1 << b for b in bits) for bits in itertools.combinations(range(width), weight)]
+    return np.array(masks, dtype=np.uint64)
 
-    def _band_values(self, code: int) -> list[int]:
-        return [(code >> (i * self.band_bits)) & self.band_mask for i in range(self.bands)]
 
-    def query(self, code: int) -> str | None:
-        """Key of an indexed code within the radius of ``code`` (the earliest found), else None."""
-        codes, radius = self.codes, self.radius
-        for table, value in zip(self.tables, self._band_values(code)):
-            for mask in self.probes:
-                bucket = table.get(value ^ mask)
-                if bucket is None:
-                    continue
-                for idx in bucket:
-                    if (codes[idx] ^ code).bit_count() <= radius:
-                        return self.keys[idx]
-        return None
+def mix64(values: np.ndarray, salt: int = 0) -> np.ndarray:
+    """splitmix64's finaliser of ``values ^ salt``: well-spread 64-bit keys, same on every machine."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
+        z = z + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
 
-    def add(self, code: int, key: str) -> None:
-        """Index ``code`` under ``key``."""
-        idx = len(self.codes)
-        self.codes.append(code)
-        self.keys.append(key)
-        for table, value in zip(self.tables, self._band_values(code)):
-            table.setdefault(value, []).append(idx)
 
-    def query_or_add(self, code: int, key: str) -> str | None:
-        """Return the key ``code`` duplicates, or index it and return None."""
-        hit = self.query(code)
-        if hit is None:
-            self.add(code, key)
-        return hit
+def hash_columns(columns: np.ndarray, salt: int) -> np.ndarray:
+    """One 64-bit key per row of an (n, k) unsigned array, chained through ``mix64``."""
+    key = np.full(len(columns), salt & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
+    for j in range(columns.shape[1]):
+        key = mix64(key ^ columns[:, j].astype(np.uint64), salt=j)
+    return key
+
+
+def bit_columns(codes: np.ndarray) -> np.ndarray:
+    """(n, bytes) uint8 codes -> (n, bits) 0/1 array, most significant bit first."""
+    return np.unpackbits(codes, axis=1)
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """(n, w) 0/1 array (w <= 64) -> the integer each row spells, most significant bit first."""
+    weights = np.left_shift(np.uint64(1), np.arange(bits.shape[1] - 1, -1, -1, dtype=np.uint64))
+    return (bits.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+
+
+def hamming_within(a: np.ndarray, b: np.ndarray, radius: int) -> np.ndarray:
+    """Row-wise ``popcount(a ^ b) <= radius`` for (n, bytes) uint8 codes."""
+    return np.bitwise_count(a ^ b).sum(axis=1, dtype=np.int64) <= radius
+
+
+def frames_within(
+    a: np.ndarray, b: np.ndarray, radius: int, frames: int, share: float
+) -> np.ndarray:
+    """Row-wise: at least ``share`` of the aligned frame hashes lie within ``radius``.
+
+    ``a``, ``b``: (n, frames * bytes) uint8, the frame hashes of two videos side by side.
+    """
+    n = len(a)
+    per_frame = np.bitwise_count(a ^ b).reshape(n, frames, -1).sum(axis=2, dtype=np.int64)
+    return (per_frame <= radius).sum(axis=1) >= math.ceil(share * frames - 1e-9)
+
+
+def jaccard_at_least(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Row-wise MinHash Jaccard estimate ``mean(a == b) >= threshold`` for (n, 4 * perm) uint8."""
+    equal = a.view("<u4") == b.view("<u4")
+    return equal.mean(axis=1) >= threshold
+
+
+def bucket_pairs(
+    bucket: np.ndarray, member: np.ndarray, cap: int
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Candidate pairs of members sharing a bucket key; hot buckets are capped.
+
+    Members are ordered by their id inside a bucket and each is paired with the next ``cap``
+    members only, so a bucket of ``m`` members yields at most ``m * cap`` pairs instead of
+    ``m^2 / 2``. Returns (first ids, second ids, capped buckets, members in capped buckets).
+    """
+    empty = np.zeros(0, dtype=member.dtype)
+    if len(bucket) < 2:
+        return empty, empty, 0, 0
+    order = np.lexsort((member, bucket))
+    keys, ids = bucket[order], member[order]
+    fresh = np.ones(len(keys), dtype=bool)
+    fresh[1:] = (keys[1:] != keys[:-1]) | (ids[1:] != ids[:-1])
+    keys, ids = keys[fresh], ids[fresh]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    sizes = np.diff(np.r_[starts, len(keys)])
+    hot = sizes > cap + 1
+    firsts, seconds = [], []
+    for d in range(1, min(cap, int(sizes.max()) - 1) + 1):
+        hit = np.flatnonzero(keys[d:] == keys[:-d])
+        firsts.append(ids[hit])
+        seconds.append(ids[hit + d])
+    if not firsts:
+        return empty, empty, int(hot.sum()), int(sizes[hot].sum())
+    return np.concatenate(firsts), np.concatenate(seconds), int(hot.sum()), int(sizes[hot].sum())
+
+
+def components(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of an undirected edge list of int64 node ids.
+
+    Returns (nodes, labels): every node that has an edge, sorted, and its component's label,
+    which is the smallest node id of the component (so labels do not depend on edge order).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nodes, index = np.unique(np.concatenate([first, second]), return_inverse=True)
+    if not len(nodes):
+        return nodes, nodes.copy()
+    n = len(nodes)
+    graph = coo_matrix(
+        (np.ones(len(first), dtype=np.int8), (index[: len(first)], index[len(first) :])),
+        shape=(n, n),
+    )
+    count, labels = connected_components(graph, directed=False)
+    smallest = np.full(count, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, labels, nodes)
+    return nodes, smallest[labels]
+
+
+def lsh_bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
+    """MinHash LSH band ranges (start, end) that datasketch picks for ``threshold``."""
+    from datasketch import MinHashLSH
+
+    return list(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
 
 
 def shingles(text: str, n: int) -> set[str]:
@@ -98,32 +184,3 @@ def minhash_values(items: Iterable[str], num_perm: int) -> np.ndarray:
     sketch = MinHash(num_perm=num_perm, seed=1, scheme=MINHASH_SCHEME)
     sketch.update_batch([s.encode("utf-8") for s in items])
     return sketch.hashvalues
-
-
-class TextNearDupIndex:
-    """MinHash LSH (datasketch) with verification of the estimated Jaccard similarity."""
-
-    def __init__(self, threshold: float, num_perm: int):
-        from datasketch import MinHashLSH
-
-        self.threshold, self.num_perm = threshold, num_perm
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self.signatures: dict[str, np.ndarray] = {}
-
-    def _sketch(self, values: np.ndarray):
-        from datasketch import MinHash
-
-        return MinHash(num_perm=self.num_perm, seed=1, hashvalues=values, scheme=MINHASH_SCHEME)
-
-    def query(self, values: np.ndarray) -> str | None:
-        """Key of an indexed text with estimated Jaccard >= threshold, else None."""
-        # LSH returns candidates in set order; sort so the reported duplicate is deterministic.
-        for other in sorted(self.lsh.query(self._sketch(values))):
-            if float(np.mean(self.signatures[other] == values)) >= self.threshold:
-                return other
-        return None
-
-    def add(self, values: np.ndarray, key: str) -> None:
-        """Index a text signature under ``key``."""
-        self.lsh.insert(key, self._sketch(values))
-        self.signatures[key] = values
