@@ -8,6 +8,7 @@ answer is checked against the same model generating in process.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -384,3 +385,28 @@ def test_pause_modes_other_than_abort_refused(server):
     resp = httpx.post(f"{server}/pause_generation", json={"mode": "retract"}, timeout=10)
     assert resp.status_code == 400 and "'mode'" in resp.json()["detail"]
     assert _status(server)["paused"] is False
+
+
+def test_stream_cut_by_a_pause_ends_with_an_error_event(server):
+    # The status line is already sent, so an aborted stream says so in an error event that the
+    # openai client raises on; it never ends as if the answer were complete.
+    body = {"messages": QUESTION, "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    events = []
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(line[6:])
+            if len(events) == 3:  # generation is under way
+                break
+        try:
+            paused = httpx.post(f"{server}/pause_generation", timeout=60)
+            assert paused.status_code == 200
+            events += [line[6:] for line in lines if line.startswith("data: ")]
+        finally:
+            httpx.post(f"{server}/continue_generation", timeout=30)
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == 503 and "pause_generation" in error["message"]
+    assert not any('"finish_reason": "length"' in e for e in events)
