@@ -75,11 +75,23 @@ class Recipe:
         return apply_overrides(self, overrides)
 
 
+def _tiny_train(cfg: TrainConfig, steps: int, lr: float) -> TrainConfig:
+    """A few real optimizer steps on packed 1k-token rows, one CPU process, fp32, ZeRO-2."""
+    cfg.max_steps, cfg.save_every = steps, steps
+    cfg.seq_len, cfg.micro_batch_size = 1024, 2
+    cfg.optim.lr, cfg.optim.warmup_steps = lr, 1
+    return cfg
+
+
 def tiny() -> Recipe:
     """Trains end to end on 2 CPU cores in minutes; every stage does its real job at toy scale."""
     return Recipe(
         name="tiny",
         init=InitConfig(preset="tiny"),
+        align=_tiny_train(align_stage(TrainConfig()), steps=3, lr=2e-3),
+        pretrain=_tiny_train(TrainConfig(), steps=4, lr=1e-3),
+        anneal=_tiny_train(anneal_stage(TrainConfig()), steps=3, lr=1e-3),
+        sft=_tiny_train(sft_stage(TrainConfig()), steps=6, lr=1e-3),
         # A few hundred small synthetic samples: the whole curate stage runs in seconds on 1 core.
         curate=dataclasses.replace(
             CurateConfig(), num_synthetic=300, shard_size=64, synthetic_max_side=320, num_workers=1
@@ -90,11 +102,30 @@ def tiny() -> Recipe:
     )
 
 
+def _cluster_train(cfg: TrainConfig, nodes: int, tokens: float, seq_len: int) -> TrainConfig:
+    """bf16 ZeRO-3 on ``nodes`` x 8 GPUs via torchx/Volcano; steps from the stage's token budget.
+
+    Global batch: 1 packed row x 2 accumulation x 8 GPUs x nodes; ``keye plan`` shows the memory.
+    """
+    cfg.precision, cfg.seq_len, cfg.micro_batch_size, cfg.grad_accum = "bf16", seq_len, 1, 2
+    cfg.launch.scheduler, cfg.launch.nodes, cfg.launch.nproc_per_node = "kubernetes", nodes, 8
+    cfg.launch.zero_stage = 3
+    cfg.max_steps = max(1, round(tokens / (seq_len * 2 * 8 * nodes)))
+    cfg.save_every = 500
+    cfg.optim.warmup_steps = min(2000, cfg.max_steps // 20)
+    return cfg
+
+
 def keye_vl_671b_a37b() -> Recipe:
     """The published Keye-VL-671B-A37B recipe (2 x 8 H800 serving, TP 16)."""
     return Recipe(
         name="keye-vl-671b-a37b",
         init=InitConfig(preset="keye-vl-671b-a37b"),
+        # Token budgets: REFERENCE §2 (300B pretrain; 50B SFT mix); align/anneal are inferred.
+        align=_cluster_train(align_stage(TrainConfig()), nodes=64, tokens=20e9, seq_len=8192),
+        pretrain=_cluster_train(TrainConfig(), nodes=64, tokens=300e9, seq_len=8192),
+        anneal=_cluster_train(anneal_stage(TrainConfig()), nodes=64, tokens=50e9, seq_len=32768),
+        sft=_cluster_train(sft_stage(TrainConfig()), nodes=64, tokens=50e9, seq_len=32768),
         curate=dataclasses.replace(
             CurateConfig(),
             num_synthetic=1_000_000,
