@@ -14,6 +14,7 @@ import torch
 from keye_model.rl.config import SamplingConfig, VerifierConfig
 from keye_model.rl.rollout import InProcessRollout, Sample, with_thinking
 from keye_model.rl.sampling import (
+    MAX_DRAW_FACTOR,
     DynamicSamplingError,
     Group,
     PromptStream,
@@ -55,18 +56,33 @@ def test_groups_with_equal_rewards_are_dropped_and_refilled_from_new_prompts():
         3: [1, 1, 1, 1],  # all pass
         4: [0, 1, 0, 0],
         5: [0.2, 0.9, 0.9, 0.9],
+        6: [1, 0, 1, 1],
+        7: [0, 0, 0, 0],
+        8: [0, 0, 1, 0],
     }
-    stream = PromptStream([_prompt(i) for i in range(6)], seed=0)
-    stream._order = list(range(6))  # a known order for the assertion below
+    stream = PromptStream([_prompt(i) for i in range(9)], seed=0)
+    stream._order = list(range(9))  # a known order for the assertion below
     grade, calls = _grader(table)
     kept, stats = collect_groups(stream.take, grade, wanted=3, max_rounds=5)
+    # Round 0 asks for 3 prompts and keeps 1 of 3; round 1 asks for the 2 missing groups at
+    # that keep share, 2 / (1/3) = 6 fresh prompts, and keeps 4 of them.
+    assert calls == [(0, ["q0", "q1", "q2"]), (1, ["q3", "q4", "q5", "q6", "q7", "q8"])]
     assert [g.prompt.id for g in kept] == ["q0", "q4", "q5"]
-    # Round 0 asks for 3 prompts, keeps 1; round 1 asks for 2 fresh ones, ...
-    assert calls == [(0, ["q0", "q1", "q2"]), (1, ["q3", "q4"]), (2, ["q5"])]
-    assert (stats.rounds, stats.groups_sampled, stats.groups_kept) == (3, 6, 3)
-    # q1 failed every response; q2 (0.5 >= pass_threshold) and q3 passed every one.
-    assert (stats.dropped_all_fail, stats.dropped_all_pass) == (1, 2)
-    assert stats.responses == 24
+    assert (stats.rounds, stats.groups_sampled, stats.groups_kept) == (2, 9, 3)
+    assert stats.groups_surplus == 2
+    # q1 and q7 failed every response; q2 (0.5 >= pass_threshold) and q3 passed every one.
+    assert (stats.dropped_all_fail, stats.dropped_all_pass) == (2, 2)
+    assert stats.responses == 36
+
+
+def test_a_round_draws_at_most_max_draw_factor_prompts_per_missing_group():
+    table = {i: [0, 0] for i in range(100)}  # nothing informative: the share stays 0
+    stream = PromptStream([_prompt(i) for i in range(100)], seed=0)
+    stream._order = list(range(100))
+    grade, calls = _grader(table)
+    with pytest.raises(DynamicSamplingError):
+        collect_groups(stream.take, grade, wanted=2, max_rounds=2)
+    assert [len(ids) for _, ids in calls] == [2, 2 * MAX_DRAW_FACTOR]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keye_model.config_utils import field
-from keye_model.train.config import LaunchConfig, OptimConfig, TrainConfig
+from keye_model.train.config import MODULES, LaunchConfig, OptimConfig, TrainConfig, sft_stage
 
 ROLLOUT_BACKENDS: tuple[str, ...] = ("in_process", "server")
 THINKING_MODES: tuple[str, ...] = ("think", "no_think", "auto")
@@ -120,6 +120,12 @@ class VerifierConfig:
             )
 
 
+def _cold_start_sft() -> TrainConfig:
+    cfg = sft_stage(TrainConfig())
+    cfg.think_mix = [1.0, 0.0, 0.0]
+    return cfg
+
+
 @dataclass
 class ColdStartConfig:
     """Cold-start filtering (REFERENCE §2 step 6): keep prompts of medium difficulty, prune reflection."""
@@ -149,7 +155,9 @@ class ColdStartConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig, help="Rollout backend.")
     verifier: VerifierConfig = field(default_factory=VerifierConfig, help="Grading.")
     sft: TrainConfig = field(
-        default_factory=TrainConfig, help="Fine-tuning on the kept set with the SFT trainer."
+        default_factory=lambda: _cold_start_sft(),
+        help="Fine-tuning on the kept set with the SFT trainer (the SFT stage's settings, every "
+        "sample in thinking mode: the kept responses are reasoning chains).",
     )
 
     def __post_init__(self):
@@ -224,6 +232,10 @@ class GSPOConfig:
         "LR schedule counts optimizer steps, not generation rounds.",
     )
     thinking: str = field("auto", help="Thinking mode of the prompts: think, no_think or auto.")
+    trainable: list[str] = field(
+        default_factory=lambda: list(MODULES),
+        help="Top-level modules that train (visual, mlp_AR, model, lm_head); the rest is frozen.",
+    )
     precision: str = field("fp32", help="bf16 or fp32 (CPU tests use fp32).")
     sampling: SamplingConfig = field(default_factory=SamplingConfig, help="Response sampling.")
     rollout: RolloutConfig = field(default_factory=RolloutConfig, help="Rollout backend.")

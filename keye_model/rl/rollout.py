@@ -98,7 +98,7 @@ def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 # in process
 
 
-def _message_encoder(processor):
+def message_encoder(processor):
     """The evaluation's request -> model-input conversion, over an in-memory processor."""
     from keye_model.eval.generation import LocalGenerator
 
@@ -130,7 +130,7 @@ class InProcessRollout:
         self.processor = processor
         self.use_cache = use_cache
         self.max_batch = max_batch
-        self.encoder = _message_encoder(processor)
+        self.encoder = message_encoder(processor)
         tok = processor.tokenizer
         self.pad_id = tok.pad_token_id
         self.stop_ids = sorted(

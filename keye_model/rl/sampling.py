@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,10 @@ def sample_groups(
     ]
 
 
+# Cap on how many prompts one round draws per missing group (a keep share of 1/8 or less).
+MAX_DRAW_FACTOR = 8
+
+
 class DynamicSamplingError(RuntimeError):
     """No batch of informative groups within the allowed generation rounds."""
 
@@ -130,6 +135,7 @@ class SamplingStats:
     groups_kept: int = 0
     dropped_all_fail: int = 0
     dropped_all_pass: int = 0
+    groups_surplus: int = 0
     responses: int = 0
     truncated: int = 0
     passes: int = 0
@@ -172,14 +178,20 @@ def collect_groups(
     """Dynamic sampling: ``wanted`` groups with reward std > 0, within ``max_rounds`` rounds.
 
     ``draw(k)`` gives the next k prompts; ``grade(prompts, round)`` samples and grades them.
-    Each round asks for as many fresh prompts as groups are still missing.
+    A round asks for the missing groups divided by the share of groups kept so far (all of
+    them before the first round; at most ``MAX_DRAW_FACTOR`` times the missing count), so a
+    batch fills in few rounds even when most groups are dropped. Informative groups beyond
+    ``wanted`` are not used (``SamplingStats.groups_surplus``).
     """
     stats = SamplingStats()
     kept: list[Group] = []
     while len(kept) < wanted:
         if stats.rounds == max_rounds:
             raise DynamicSamplingError(diagnose(stats, wanted))
-        groups = grade(draw(wanted - len(kept)), stats.rounds)
+        missing = wanted - len(kept)
+        share = len(kept) / stats.groups_sampled if stats.groups_sampled else 1.0
+        count = min(math.ceil(missing / max(share, 1 / MAX_DRAW_FACTOR)), missing * MAX_DRAW_FACTOR)
+        groups = grade(draw(count), stats.rounds)
         stats.rounds += 1
         for group in groups:
             rewards = group.rewards
@@ -194,8 +206,9 @@ def collect_groups(
                 stats.dropped_all_pass += 1
             else:
                 stats.dropped_all_fail += 1
-        stats.groups_kept = len(kept)
-    return kept, stats
+        stats.groups_kept = min(len(kept), wanted)
+    stats.groups_surplus = len(kept) - wanted
+    return kept[:wanted], stats
 
 
 def loss_mask(samples: Sequence[Sample], length: int) -> list[list[bool]]:
