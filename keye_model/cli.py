@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "keye_model.eval.cli",
     "keye_model.train.plan_cli",
     "pipelines.cli",
+    "pipelines.compare",
 ]
 
 

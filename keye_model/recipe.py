@@ -61,9 +61,9 @@ class Recipe:
                 "the held-out sets would repeat training samples"
             )
 
-    def to_json(self) -> str:
-        """Serialise to JSON (the pipeline's single recipe parameter)."""
-        return json.dumps(to_dict(self), indent=2, sort_keys=True)
+    def to_json(self, indent: int | None = 2) -> str:
+        """Serialise to JSON (the pipeline's single recipe parameter uses one line: indent=None)."""
+        return json.dumps(to_dict(self), indent=indent, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:

@@ -115,7 +115,7 @@ STAGES: tuple[StageSpec, ...] = (
             ),
         ),
         options=(
-            Option("shard_index", int, "Scan only work units with index % num-shards == this."),
+            Option("shard_index", int, "Scan only work units with index %% num-shards == this."),
             Option("num_shards", int, "Parallel scan tasks (with --shard-index).", default=1),
         ),
         produces="data",
@@ -256,12 +256,20 @@ def run_stage(
         else:
             inputs[item.name] = value or None
     opts = {k: v for k, v in (options or {}).items() if v is not None}
-    emit_event(spec.name, "start")
+    # One curation scan shard of a ParallelFor is a part of the stage, not the stage itself.
+    part = (
+        f"scan {opts['shard_index'] + 1}/{opts.get('num_shards', 1)}"
+        if "shard_index" in opts
+        else ""
+    )
+    emit_event(spec.name, "start", part=part)
     started = time.time()
     try:
         result = spec.function()(spec.config_of(recipe), output=output, **inputs, **opts)
     except BaseException as err:
-        emit_event(spec.name, "fail", seconds=time.time() - started, error=str(err)[:500])
+        emit_event(
+            spec.name, "fail", part=part, seconds=time.time() - started, error=str(err)[:300]
+        )
         raise
     # A result without the stage's product is one partial step (a curation scan shard): it must
     # not mark the stage as done for readers of the manifest.
@@ -270,6 +278,7 @@ def run_stage(
     emit_event(
         spec.name,
         "end",
+        part=part,
         seconds=time.time() - started,
         headline=headline(spec, result),
         message=result.message,

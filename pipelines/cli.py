@@ -46,6 +46,16 @@ def _add_request_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-data", default="", help="Benchmark files root (default: held-out synthetic sets)."
     )
+    parser.add_argument(
+        "--pipeline",
+        default="keye-recipe",
+        help="keye-recipe (all stages; default) or a sub-pipeline: keye-pretrain (align..anneal), "
+        "keye-post-train (sft..gspo), keye-release (evaluate + deploy).",
+    )
+    parser.add_argument("--model", default="", help="Sub-pipelines: the model URI to start from.")
+    parser.add_argument(
+        "--data", default="", help="keye-pretrain/keye-post-train: the curated data URI."
+    )
 
 
 def _request(args: argparse.Namespace):
@@ -60,6 +70,9 @@ def _request(args: argparse.Namespace):
         eval_data=args.eval_data,
         curate_shards=args.curate_shards,
         eval_endpoint=args.eval_endpoint,
+        pipeline=args.pipeline,
+        model=args.model,
+        data=args.data,
     )
 
 
@@ -100,6 +113,11 @@ def register(commands) -> None:
     sub = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION")
     compile_ = sub.add_parser("compile", help="Write the pipeline IR YAML.")
     compile_.add_argument("--output", default="keye_recipe.yaml", help="Where to write the YAML.")
+    compile_.add_argument(
+        "--pipeline",
+        default="keye-recipe",
+        help="keye-recipe, keye-pretrain, keye-post-train or keye-release.",
+    )
     compile_.set_defaults(func=_compile)
     submit = sub.add_parser("submit", help="Submit a run to a KFP endpoint (kfp.Client).")
     submit.add_argument(
@@ -160,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from pipelines.run import compile_pipeline
 
-    print(f"wrote {compile_pipeline(args.output)}")
+    print(f"wrote {compile_pipeline(args.output, args.pipeline)}")
     return 0
 
 

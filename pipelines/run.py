@@ -45,21 +45,47 @@ class PipelineRequest:
     eval_data: str = ""
     curate_shards: int = 2
     eval_endpoint: str = ""
+    pipeline: str = "keye-recipe"  # or a sub-pipeline: keye-pretrain, keye-post-train, keye-release
+    model: str = ""  # a sub-pipeline's starting model URI
+    data: str = ""  # curated data URI for keye-pretrain / keye-post-train
 
     def resolved(self, recipe: Recipe) -> PipelineRequest:
-        """Fill defaults: a fresh run id and ``$KEYE_HOME/runs`` as the storage root."""
+        """Fill defaults (a fresh run id, ``$KEYE_HOME/runs``) and check the sub-pipeline inputs."""
+        from pipelines.keye_recipe import PIPELINES
+
         run_id = self.run_id or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         root = self.storage_root or str(keye_home() / "runs")
         if self.curate_shards < 1:
             raise ValueError(f"--curate-shards must be >= 1, got {self.curate_shards}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"--pipeline {self.pipeline!r}: choose one of {sorted(PIPELINES)}")
+        needs = {"keye-recipe": (), "keye-release": ("model",)}.get(
+            self.pipeline, ("model", "data")
+        )
+        for name in needs:
+            if not getattr(self, name):
+                raise ValueError(f"--pipeline {self.pipeline} needs --{name} URI")
         return dataclasses.replace(self, storage_root=root, run_id=run_id)
 
     def arguments(self, recipe: Recipe, parent_run_id: str) -> dict:
-        return {
-            "recipe_json": recipe.to_json(),
+        """The pipeline's parameters (only those the chosen pipeline declares)."""
+        common = {
+            "recipe_json": recipe.to_json(indent=None),  # one line: KFP echoes it in YAML comments
             "storage_root": self.storage_root,
             "run_id": self.run_id,
             "parent_run_id": parent_run_id,
+        }
+        if self.pipeline == "keye-release":
+            return {
+                **common,
+                "model": self.model,
+                "eval_data": self.eval_data,
+                "eval_endpoint": self.eval_endpoint,
+            }
+        if self.pipeline != "keye-recipe":
+            return {**common, "model": self.model, "data": self.data}
+        return {
+            **common,
             "curate_inputs": self.curate_inputs,
             "vision": self.vision,
             "lm": self.lm,
@@ -68,16 +94,24 @@ class PipelineRequest:
             "eval_endpoint": self.eval_endpoint,
         }
 
+    def function(self):
+        """The ``@dsl.pipeline`` function this request runs."""
+        from pipelines.keye_recipe import PIPELINES
 
-def compile_pipeline(path: str | Path) -> Path:
-    """Write the pipeline's IR YAML (what ``kfp.Client`` or the KFP UI accepts)."""
+        return PIPELINES[self.pipeline]
+
+
+def compile_pipeline(path: str | Path, pipeline: str = "keye-recipe") -> Path:
+    """Write a pipeline's IR YAML (what ``kfp.Client`` or the KFP UI accepts)."""
     from kfp import compiler
 
-    from pipelines.keye_recipe import keye_recipe
+    from pipelines.keye_recipe import PIPELINES
 
+    if pipeline not in PIPELINES:
+        raise ValueError(f"--pipeline {pipeline!r}: choose one of {sorted(PIPELINES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(keye_recipe, str(path))
+    compiler.Compiler().compile(PIPELINES[pipeline], str(path))
     return path
 
 
@@ -131,15 +165,18 @@ class _Console:
 
     def _print(self, event: dict) -> None:
         stage, kind = event["stage"], event["event"]
+        if event.get("part"):
+            stage = f"{stage} {event['part']}"
         clock = time.strftime("%H:%M:%S", time.localtime(event["time"]))
         if kind == "start":
-            text = f"{clock}  {stage:<10} started"
+            text = f"{clock}  {stage:<16} started"
         elif kind == "end":
-            self.timings[stage] = self.timings.get(stage, 0.0) + event["seconds"]
-            text = f"{clock}  {stage:<10} done in {event['seconds']:6.1f} s  {event.get('headline', '')}"
+            if not event.get("part"):
+                self.timings[stage] = event["seconds"]
+            text = f"{clock}  {stage:<16} done in {event['seconds']:6.1f} s  {event.get('headline', '')}"
         else:
             self.failed = self.failed or stage
-            text = f"{clock}  {stage:<10} FAILED after {event['seconds']:.1f} s: {event.get('error', '')}"
+            text = f"{clock}  {stage:<16} FAILED after {event['seconds']:.1f} s: {event.get('error', '')}"
         self.out.write(text.rstrip() + "\n")
         self.out.flush()
 
@@ -179,8 +216,6 @@ def run_local(
     """
     from kfp import local
 
-    from pipelines.keye_recipe import keye_recipe
-
     workdir = Path(workdir).absolute() if workdir else keye_home()
     workdir.mkdir(parents=True, exist_ok=True)
     request = request or PipelineRequest()
@@ -210,22 +245,24 @@ def run_local(
     os.environ[EVENTS_ENV] = str(events)
     error = ""
     try:
-        with pipeline_run(request.run_id, recipe) as parent:
-            parent.set_tags({"pipeline_run_id": request.run_id, "runner": "kfp.local"})
-            parent.log_text(recipe.to_json(), RECIPE_ARTIFACT)
-            with _quiet_fds(log_path) as out, _Console(events, out) as console:
-                out.write(f"keye run {request.run_id}: storage {request.storage_root}\n")
+        with _quiet_fds(log_path) as out, _Console(events, out) as console:
+            out.write(f"keye run {request.run_id}: storage {request.storage_root}\n")
+            with pipeline_run(request.run_id, recipe) as parent:
+                parent.set_tags({"pipeline_run_id": request.run_id, "runner": "kfp.local"})
+                parent.log_text(recipe.to_json(), RECIPE_ARTIFACT)
                 try:
-                    keye_recipe(**request.arguments(recipe, parent.run_id))
+                    pipeline = without_retries(request.function())
+                    pipeline(**request.arguments(recipe, parent.run_id))
                 except Exception as err:  # kfp.local: RuntimeError naming the failed task
                     error = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            results = _read_results(request)
-            parent.log_dict(
-                {k: json.loads(v.to_json()) for k, v in results.items()}, "pipeline_summary.json"
-            )
-            parent.log_metrics({f"{k}_seconds": v for k, v in console.timings.items()})
-            if error:
-                parent.set_tags({"failed_stage": console.failed or "unknown"})
+                results = _read_results(request)
+                parent.log_dict(
+                    {k: json.loads(v.to_json()) for k, v in results.items()},
+                    "pipeline_summary.json",
+                )
+                parent.log_metrics({f"{k}_seconds": v for k, v in console.timings.items()})
+                if error:
+                    parent.set_tags({"failed_stage": console.failed or "unknown"})
     finally:
         if previous is None:
             os.environ.pop(EVENTS_ENV, None)
@@ -240,6 +277,20 @@ def run_local(
         failed=console.failed or ("pipeline" if error else ""),
         error=error,
     )
+
+
+def without_retries(pipeline):
+    """A copy of a compiled pipeline with every task's retry policy removed (kfp.local honours
+    them, with their cluster backoff; locally a failed step fails the same way again)."""
+    import copy
+
+    pipeline = copy.deepcopy(pipeline)
+    spec = pipeline.pipeline_spec
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    for dag in dags:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+    return pipeline
 
 
 def _read_results(request: PipelineRequest) -> dict[str, StageResult]:
@@ -280,8 +331,6 @@ def submit(
     """
     import kfp
 
-    from pipelines.keye_recipe import keye_recipe
-
     if not request.storage_root or not storage.is_s3(request.storage_root):
         raise ValueError(
             "--storage-root must be an s3:// prefix every step of the cluster can reach"
@@ -297,7 +346,7 @@ def submit(
         parent.set_tags({"pipeline_run_id": request.run_id, "runner": "kfp", "kfp_host": host})
         parent.log_text(recipe.to_json(), RECIPE_ARTIFACT)
         run = client.create_run_from_pipeline_func(
-            keye_recipe,
+            request.function(),
             arguments=request.arguments(recipe, parent.run_id),
             run_name=request.run_id,
             experiment_name=experiment,

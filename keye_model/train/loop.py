@@ -166,6 +166,7 @@ def train(run: Run) -> StageResult:
                 for g in range(cfg.grad_accum)
             ]
             batches = [collate(rows_, pad_id, width) for rows_ in mine]
+            lr = engine.get_lr()[0]  # the LR this step uses (the scheduler moves after it)
             metrics = _step(engine, monitor, batches, cfg, world)
             load = _all_reduce(monitor.reset_load())
             if "model" in cfg.trainable:  # the routers belong to the LM: frozen LM, frozen routing
@@ -175,7 +176,7 @@ def train(run: Run) -> StageResult:
             slots = float(_all_reduce(torch.tensor(sum(b.input_ids.numel() for b in batches))))
             balance = load_balance(load) if load.numel() else torch.zeros(0)
             metrics.update(
-                lr=engine.get_lr()[0],
+                lr=lr,
                 tokens_per_s=tokens / seconds,
                 mfu=6 * active * tokens / seconds / (peak * world),
                 packing_efficiency=tokens / slots,
