@@ -132,6 +132,11 @@ class TrainConfig:
         "rest); the report found 50B mixed beat 30B instruct-only.",
     )
     precision: str = field("fp32", help="bf16 or fp32 (CPU tests use fp32).")
+    experts_implementation: str = field(
+        "grouped_mm",
+        help="MoE expert kernel (transformers): eager (a loop over experts), grouped_mm (one "
+        "grouped GEMM; 2.95x eager on a 102M CPU proxy, 4.8x on an H100) or batched_mm.",
+    )
     optim: OptimConfig = field(default_factory=OptimConfig, help="Optimizer and schedule.")
     moe: MoEConfig = field(default_factory=MoEConfig, help="MoE load balancing.")
     launch: LaunchConfig = field(default_factory=LaunchConfig, help="torchx + DeepSpeed.")

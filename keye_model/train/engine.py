@@ -80,6 +80,11 @@ def validate(cfg: TrainConfig, stage: str) -> None:
         raise ValueError(
             f"{where}optim.min_lr_ratio must lie in [0, 1], got {cfg.optim.min_lr_ratio}"
         )
+    if cfg.experts_implementation not in ("eager", "grouped_mm", "batched_mm"):
+        raise ValueError(
+            f"{where}experts_implementation must be eager, grouped_mm or batched_mm, "
+            f"got {cfg.experts_implementation!r}"
+        )
     if cfg.launch.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"{where}launch.zero_stage must be 0-3, got {cfg.launch.zero_stage}")
     if cfg.moe.bias_update_rate < 0 or cfg.moe.seq_aux_loss_weight < 0:

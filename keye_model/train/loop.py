@@ -115,6 +115,7 @@ def train(run: Run) -> StageResult:
     torch.manual_seed(cfg.seed)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     model = KeyeVLMoeForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
+    model.set_experts_implementation(cfg.experts_implementation)
     processor = KeyeProcessor.from_pretrained(model_dir)
     trainable = freeze(model, cfg.trainable)
     monitor = RouterMonitor(model, cfg.moe.seq_aux_loss_weight)
