@@ -397,3 +397,17 @@ def test_two_process_zero3_through_torchx_matches_one_process(tiny_inputs, tmp_p
         if procs == 2:
             assert "[rank1]" in done.stdout + done.stderr  # both ranks ran and logged
     assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_first_fit_packing_fills_rows_and_skips_what_cannot_fit():
+    from keye_model.train.data import Packer
+
+    def item(n: int) -> Tokenized:
+        return Tokenized(list(range(n)), [IGNORE] * n, None, None, key=str(n))
+
+    packer = Packer(seq_len=10, open_rows=2)
+    rows = [row for n in (6, 6, 4, 3, 12, 7, 4) for row in packer.add(item(n))]
+    assert packer.too_long == 1  # 12 > 10: skipped, counted
+    assert [[len(s) for s in row] for row in rows] == [[6, 4], [6, 3]]
+    assert all(sum(len(s) for s in row) <= 10 for row in rows)
+    assert [[len(s) for s in row] for row in Packer(10, packing=False).add(item(3))] == [[3]]

@@ -295,32 +295,38 @@ def collate(rows: list[list[Tokenized]], pad_id: int, length: int | None = None)
 
 
 class Packer:
-    """Greedy in-order packing of whole samples into rows of at most ``seq_len`` tokens.
+    """First-fit packing of whole samples into rows of at most ``seq_len`` tokens.
 
-    In order (no look-ahead reordering) so the data position is simply "rows emitted"; samples
-    longer than ``seq_len`` are skipped and counted (``too_long``), never cut through an image.
+    Up to ``open_rows`` rows stay open; a sample goes into the first open row with room, else it
+    opens a new row, and when too many are open the fullest one is emitted. Deterministic for a
+    given sample stream, so the data position is simply "rows emitted". Samples longer than
+    ``seq_len`` are skipped and counted (``too_long``), never cut through an image.
     """
 
-    def __init__(self, seq_len: int, packing: bool = True):
+    def __init__(self, seq_len: int, packing: bool = True, open_rows: int = 8):
         self.seq_len = seq_len
         self.packing = packing
-        self.row: list[Tokenized] = []
-        self.used = 0
+        self.open_rows = open_rows
+        self.rows: list[list[Tokenized]] = []
         self.too_long = 0
 
-    def add(self, sample: Tokenized) -> list[Tokenized] | None:
-        """Add a sample; return a finished row when this sample did not fit in the open one."""
+    def add(self, sample: Tokenized) -> list[list[Tokenized]]:
+        """Add a sample; return the rows it completed (none or one)."""
         if len(sample) > self.seq_len:
             self.too_long += 1
-            return None
+            return []
         if not self.packing:
-            return [sample]
-        if self.used + len(sample) > self.seq_len:
-            row, self.row, self.used = self.row, [sample], len(sample)
-            return row
-        self.row.append(sample)
-        self.used += len(sample)
-        return None
+            return [[sample]]
+        for index, row in enumerate(self.rows):
+            used = sum(len(s) for s in row)
+            if used + len(sample) <= self.seq_len:
+                row.append(sample)
+                return [self.rows.pop(index)] if used + len(sample) == self.seq_len else []
+        self.rows.append([sample])
+        if len(self.rows) <= self.open_rows:
+            return []
+        fullest = max(range(len(self.rows)), key=lambda i: sum(len(s) for s in self.rows[i]))
+        return [self.rows.pop(fullest)]
 
 
 def epoch_order(
@@ -385,9 +391,7 @@ def iter_rows(
             tokenized = tokenize(
                 processor, render(sample, mode), sample["images"], loss_on, ref.key
             )
-            row = packer.add(tokenized)
             stats["too_long"] = packer.too_long
-            if row:
-                yield row
+            yield from packer.add(tokenized)
         epoch += 1
         stats["epochs"] = epoch
