@@ -39,8 +39,8 @@ from keye_model.data.neardup import (
     frames_within,
     hamming_within,
     hash_columns,
-    jaccard_at_least,
     lsh_bands,
+    lsh_near,
     mih_layout,
     minhash_values,
     mix64,
@@ -70,7 +70,7 @@ _DETAILS = {
     "text": "MinHash Jaccard above threshold with {}",
 }
 # Which signature column each kind compares, and the dedup operator that enables it.
-_COLUMN = {"exact": "sha", "image": "phash", "video": "frames", "text": "minhash"}
+KIND_COLUMNS = {"exact": "sha", "image": "phash", "video": "frames", "text": "minhash"}
 _OPERATOR_KINDS = {
     "exact_dedup": ("exact",),
     "near_dup_image": ("image", "video"),
@@ -311,7 +311,7 @@ def route_rows(sigs: Table, plan: DedupPlan, kind: str) -> Table:
     by the band's values. image: one row per (band, part), routed by the part's bits, carrying
     the rest of the band. video: the image rows of every frame hash.
     """
-    column = sigs[_COLUMN[kind]] if sigs else np.zeros(0, dtype=object)
+    column = sigs[KIND_COLUMNS[kind]] if sigs else np.zeros(0, dtype=object)
     present = np.array([len(c) > 0 for c in column], dtype=bool)
     if not present.any():
         return {
@@ -366,11 +366,15 @@ class Edges:
 
     @classmethod
     def merge(cls, parts: list[Edges]) -> Edges:
+        """All edges of ``parts``, each pair once (routes of one pair may lie in several parts)."""
         if not parts:
             return cls.empty()
+        first = np.concatenate([p.first for p in parts])
+        second = np.concatenate([p.second for p in parts])
+        pairs = np.unique(np.stack([first, second], axis=1).reshape(-1, 2), axis=0)
         return cls(
-            np.concatenate([p.first for p in parts]),
-            np.concatenate([p.second for p in parts]),
+            pairs[:, 0],
+            pairs[:, 1],
             sum(p.capped_buckets for p in parts),
             sum(p.capped_members for p in parts),
         )
@@ -384,7 +388,7 @@ def related(kind: str, a: np.ndarray, b: np.ndarray, plan: DedupPlan) -> np.ndar
         return hamming_within(a, b, plan.radius)
     if kind == "video":
         return frames_within(a, b, plan.radius, plan.video_frames, plan.video_share)
-    return jaccard_at_least(a, b, plan.threshold)
+    return lsh_near(a, b, list(plan.lsh), plan.threshold)
 
 
 def kind_edges(kind: str, rows: Table, plan: DedupPlan) -> Edges:
@@ -485,7 +489,7 @@ def _first_duplicate(
     if not kept:
         return None
     for kind in plan.kinds:
-        column = members[_COLUMN[kind]]
+        column = members[KIND_COLUMNS[kind]]
         if not column[row]:
             continue
         candidates = [k for k in kept if len(column[k]) == len(column[row])]

@@ -103,10 +103,20 @@ def frames_within(
     return (per_frame <= radius).sum(axis=1) >= math.ceil(share * frames - 1e-9)
 
 
-def jaccard_at_least(a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
-    """Row-wise MinHash Jaccard estimate ``mean(a == b) >= threshold`` for (n, 4 * perm) uint8."""
+def lsh_near(
+    a: np.ndarray, b: np.ndarray, bands: list[tuple[int, int]], threshold: float
+) -> np.ndarray:
+    """Row-wise LSH near-duplicates of (n, 4 * perm) uint8 MinHash values.
+
+    The pair shares one band (all values of ``values[start:end]`` equal: what makes LSH find it)
+    and the Jaccard estimate ``mean(a == b)`` reaches ``threshold``. Requiring the band keeps
+    the rule a property of the pair alone, so it is the same in every engine and component.
+    """
     equal = a.view("<u4") == b.view("<u4")
-    return equal.mean(axis=1) >= threshold
+    shared = np.zeros(len(a), dtype=bool)
+    for start, end in bands:
+        shared |= equal[:, start:end].all(axis=1)
+    return shared & (equal.mean(axis=1) >= threshold)
 
 
 def bucket_pairs(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ import numpy as np
 
 from keye_model.data.config import CurateConfig
 from keye_model.data.dedup import (
+    KIND_COLUMNS,
     DedupPlan,
     Edges,
     add_totals,
@@ -80,6 +82,7 @@ def ray_runtime(cfg: CurateConfig) -> Iterator[int]:
                 logging_level="WARNING",
             )
         started = True
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset run
     context = DataContext.get_current()
     saved = (context.enable_progress_bars, context.shuffle_strategy)
     context.enable_progress_bars = False  # one line per phase from our logger instead
@@ -160,8 +163,11 @@ class RayEngine:
             .map_batches(_read_units, fn_args=(work,), batch_size=1, compute=tasks)
             .materialize()
         )
+        everything = _sum_totals(sigs)
         found = []
         for kind in plan.kinds:
+            if not everything["kinds"].get(kind):
+                continue  # no signature of this kind (often: videos): skip its shuffle
             routed = sigs.map_batches(
                 _route, fn_args=(plan, kind, self.parts), batch_format="numpy", compute=tasks
             )
@@ -186,15 +192,8 @@ class RayEngine:
         drops.groupby("unit").map_groups(
             _write_drops, fn_args=(work, names), batch_format="numpy", compute=tasks
         ).materialize()
-        everything = _sum_totals(sigs)
         dropped = _sum_totals(drops)
-        reasons = Counter(
-            {
-                reason: count
-                for part in _column_values(drops.map_batches(_reason_counts, batch_format="numpy"))
-                for reason, count in json.loads(part).items()
-            }
-        )
+        reasons = Counter(dropped["reasons"])
         return summary(everything, dropped, reasons, edges, len(np.unique(labels)))
 
 
@@ -254,12 +253,19 @@ def _read_units(batch: dict[str, np.ndarray], work: str) -> dict[str, np.ndarray
 
 def _route(batch: dict, plan: DedupPlan, kind: str, parts: int) -> dict:
     rows = route_rows(batch, plan, kind)
+    if not len(rows["node"]):
+        # Ray Data cannot turn a zero-row 2-D array into its tensor column (it falls back to
+        # pickled objects): a batch without rows of this kind sends one placeholder (node -1).
+        rows = {
+            name: np.zeros((1, *column.shape[1:]), column.dtype) for name, column in rows.items()
+        }
+        rows["node"][:] = -1
     rows["part"] = (mix64(rows["route"]) % np.uint64(parts)).astype(np.int64)
     return rows
 
 
 def _edges(batch: dict, plan: DedupPlan, kind: str) -> dict:
-    edges = kind_edges(kind, batch, plan)
+    edges = kind_edges(kind, take(batch, batch["node"] >= 0), plan)
     # One extra row (-1, -1) carries the partition's hot-bucket counts.
     return {
         "first": np.r_[edges.first, -1].astype(np.int64),
@@ -304,22 +310,31 @@ def _write_drops(batch: dict, work: str, names: dict[int, str]) -> dict:
 
 
 def _totals_row(batch: dict) -> dict:
-    return {"totals": np.array([json.dumps(totals(batch))], dtype=object)}
-
-
-def _reason_counts(batch: dict) -> dict:
-    counts = Counter(str(r) for r in batch["reason"])
-    return {"counts": np.array([json.dumps(counts)], dtype=object)}
-
-
-def _column_values(dataset) -> list:
-    return [
-        value
-        for batch in dataset.iter_batches(batch_format="numpy")
-        for value in next(iter(batch.values()))
-    ]
+    """``dedup.totals`` of a batch, plus its signatures per kind (or its drops per reason)."""
+    result = totals(batch)
+    if "reason" in batch:
+        result["reasons"] = Counter(str(r) for r in batch["reason"])
+    else:
+        result["kinds"] = {
+            kind: int(sum(len(code) > 0 for code in batch[column]))
+            for kind, column in KIND_COLUMNS.items()
+        }
+    return {"totals": np.array([json.dumps(result)], dtype=object)}
 
 
 def _sum_totals(dataset) -> dict:
-    parts = _column_values(dataset.map_batches(_totals_row, batch_format="numpy"))
-    return add_totals([json.loads(part) for part in parts])
+    """The sums of ``_totals_row`` over a dataset."""
+    parts = [
+        json.loads(value)
+        for batch in dataset.map_batches(_totals_row, batch_format="numpy").iter_batches(
+            batch_format="numpy"
+        )
+        for value in batch["totals"]
+    ]
+    result = add_totals(parts)
+    for extra in ("kinds", "reasons"):
+        counts: Counter = Counter()
+        for part in parts:
+            counts.update(part.get(extra, {}))
+        result[extra] = dict(counts)
+    return result
