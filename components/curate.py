@@ -15,12 +15,22 @@ def curate(
     inputs: list,
     curated: Output[Dataset],
 ) -> str:
-    """Filter, de-duplicate, re-sample and synthesize the training pool; returns the data URI."""
+    """Filter, de-duplicate, re-sample and synthesize the training pool; returns the data URI.
+
+    With ``curate.rayjob.enabled`` the stage runs as a KubeRay RayJob that this step follows.
+    """
+    from keye_model.recipe import Recipe
     from keye_model.stages import run_step
 
-    result = run_step(
-        "curate", recipe_json, storage_root, run_id, parent_run_id, curated, inputs=inputs
-    )
+    if Recipe.from_json(recipe_json).curate.rayjob.enabled:
+        from keye_model.data.rayjob import run_step_on_cluster
+
+        args = (recipe_json, storage_root, run_id, parent_run_id, curated, inputs)
+        result = run_step_on_cluster(*args)
+    else:
+        result = run_step(
+            "curate", recipe_json, storage_root, run_id, parent_run_id, curated, inputs=inputs
+        )
     return result.outputs["data"]
 
 
