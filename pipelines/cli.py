@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -158,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
     run = run_local(recipe, _request(args), workdir=args.workdir or None)
     out = sys.stdout
     if run.error:
-        out.write(f"\nkeye run {run.run_id} FAILED in stage {run.failed}: {run.error}\n")
+        error = re.sub(r"\x1b\[[0-9;]*m", "", run.error)  # kfp.local colours its messages
+        out.write(f"\nkeye run {run.run_id} FAILED in stage {run.failed}: {error}\n")
         tail = run.log_path.read_text(errors="replace").splitlines()[-25:]
         out.write("last lines of the log:\n" + "\n".join(f"  {line}" for line in tail) + "\n")
         out.write(f"full log: {run.log_path}\n")

@@ -42,6 +42,7 @@ def load_prompts(data: str, media_dir: str | Path, cache_dir: str | Path) -> lis
         for i, (blob, ext) in enumerate(zip(sample["images"], exts)):
             path = media_root / f"{ref.key}.{i}.{ext or 'bin'}"
             if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)  # keys carry their shard folder
                 path.write_bytes(blob)
             kind = "video_url" if ext in _VIDEO_EXTS else "image_url"
             parts.append({"type": kind, kind: {"url": path.resolve().as_uri()}})
