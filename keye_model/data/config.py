@@ -33,7 +33,7 @@ FILTER_OPERATORS: tuple[str, ...] = (
     "clip_score",
 )
 DEDUP_OPERATORS: tuple[str, ...] = ("exact_dedup", "near_dup_image", "near_dup_text")
-SYNTHETIC_KINDS: tuple[str, ...] = ("chart", "table", "document", "receipt", "math")
+SYNTHETIC_KINDS: tuple[str, ...] = ("chart", "table", "document", "receipt", "math", "arithmetic")
 
 
 @dataclass
@@ -214,7 +214,8 @@ class CurateConfig:
         2000, help="Samples drawn from the built-in synthesizers when no input is given."
     )
     synthetic_kinds: list[str] = field(
-        default_factory=lambda: list(SYNTHETIC_KINDS),
+        # arithmetic is the tiny recipe's learnable RL task; the published mix does not need it.
+        default_factory=lambda: [k for k in SYNTHETIC_KINDS if k != "arithmetic"],
         help=f"Synthesizers used round-robin when no input is given: any of {list(SYNTHETIC_KINDS)}.",
     )
     synthetic_max_side: int = field(640, help="Longest side of synthetic images in pixels.")

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from keye_model.data.records import Sample
 from keye_model.data.synth import render
+from keye_model.data.synth.arithmetic import make_arithmetic
 from keye_model.data.synth.charts import make_chart
 from keye_model.data.synth.documents import make_document, make_receipt
 from keye_model.data.synth.math_problems import make_math
@@ -27,6 +28,7 @@ GENERATORS = {
     "document": make_document,
     "receipt": make_receipt,
     "math": make_math,
+    "arithmetic": make_arithmetic,
 }
 
 
