@@ -1,18 +1,23 @@
-"""Curation throughput and near-duplicate index growth.
+"""Curation throughput, the distributed dedup's growth, and the Ray engine against the local one.
 
-    .venv/bin/python benchmarks/bench_curate.py [--samples 240] [--quick]
+    .venv/bin/python benchmarks/bench_curate.py [--samples 240] [--max-signatures 1000000] [--quick]
 
 1. Samples/s per core through the full per-sample chain (decode, size, text quality, language id,
    token counts, SHA-256 + 256-bit pHash + MinHash signatures) at two image sizes, one process.
-2. The scan phase of the stage (real work units, forked worker processes) with 1 and with 2
-   processes: the ratio is the multi-core scaling (2.0 is perfect; the machine is shared).
-3. Multi-index-hash near-dup index: build + query time for 10k and 100k 256-bit codes (radius 18),
-   against linear (10x) and quadratic (100x) growth, plus a brute-force scan at 10k as baseline.
+2. The scan phase of the local engine (forked worker processes) with 1 and with 2 processes: the
+   ratio is the multi-core scaling (2.0 is perfect; the machine is shared).
+3. The dedup phase as a Ray Data job on 10k, 100k and 1M synthetic signatures (256-bit perceptual
+   hashes with 10% planted near-duplicates, SHA-256 for all, MinHash for one in five) with 1 and
+   2 Ray workers: the growth exponent log10(t(10n) / t(n)) (1.0 is linear; goal <= 1.15) and the
+   1 -> 2 worker speed-up; the local engine's dedup on the same files is the baseline.
+4. The whole stage, engine=ray against engine=local, on the same corpus of real-photo samples:
+   samples/s per core (Ray already running, as on a cluster).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import io
 import json
@@ -26,8 +31,8 @@ from pathlib import Path
 from PIL import Image
 
 from keye_model.data.config import CurateConfig
-from keye_model.data.curate import _pool_map, _tokenizer_json, scan_sample, scan_unit
-from keye_model.data.neardup import MultiIndexHash
+from keye_model.data.curate import _pool_map, _tokenizer_json, curate, scan_sample, scan_unit
+from keye_model.data.dedup import DedupPlan, run_local
 from keye_model.data.operators import build_filters
 from keye_model.data.readers import WorkUnit
 from keye_model.data.records import Sample
@@ -117,58 +122,130 @@ def bench_scaling(
     return rates
 
 
-def bench_index(n: int, band_bits: int, radius: int = 18, seed: int = 0) -> float:
-    """Seconds to query-then-insert ``n`` codes (10% planted near-duplicates)."""
+SIGNATURES_PER_UNIT = 10_000
+
+
+def write_signatures(work: Path, n: int, seed: int = 0) -> list[WorkUnit]:
+    """``n`` synthetic scan signatures in units of 10k, as the scan phase leaves them."""
     rng = random.Random(seed)
-    codes = []
-    for _ in range(n):
-        if codes and rng.random() < 0.1:
-            code = rng.choice(codes)
-            for b in rng.sample(range(256), rng.randint(1, radius)):
-                code ^= 1 << b
-        else:
-            code = rng.getrandbits(256)
-        codes.append(code)
-    index = MultiIndexHash(256, radius, band_bits)
-    start = time.perf_counter()
-    dups = sum(index.query_or_add(code, str(i)) is not None for i, code in enumerate(codes))
-    elapsed = time.perf_counter() - start
-    assert dups >= 0.09 * n, dups
-    return elapsed
+    scan = work / "scan"
+    scan.mkdir(parents=True)
+    recent: list[int] = []
+    units = []
+    for u in range(math.ceil(n / SIGNATURES_PER_UNIT)):
+        lines = []
+        for i in range(u * SIGNATURES_PER_UNIT, min(n, (u + 1) * SIGNATURES_PER_UNIT)):
+            if recent and rng.random() < 0.1:  # a near copy: 0..18 bits away from an earlier one
+                code = rng.choice(recent)
+                for bit in rng.sample(range(256), rng.randint(0, 18)):
+                    code ^= 1 << bit
+            else:
+                code = rng.getrandbits(256)
+                recent = (recent + [code])[-10_000:]
+            minhash = None
+            if i % 5 == 0:
+                values = bytes(rng.getrandbits(8) for _ in range(256))
+                minhash = base64.b64encode(values).decode("ascii")
+            sig = {
+                "key": f"{u:05d}/s{i}",
+                "source": "bench",
+                "category": "caption",
+                "sha": f"{rng.getrandbits(256):064x}",
+                "phash": f"{code:064x}",
+                "minhash": minhash,
+                "width": 640,
+                "height": 480,
+                "bytes": 50_000 + rng.randrange(1000),
+                "text_tokens": 24,
+                "image_tokens": 391,
+            }
+            lines.append(json.dumps(sig))
+        (scan / f"{u:05d}.sig.jsonl").write_text("\n".join(lines) + "\n")
+        units.append(WorkUnit(u, "tar", f"synthetic-{u}"))
+    return units
 
 
-def bench_brute(n: int, radius: int = 18, seed: int = 0) -> float:
-    rng = random.Random(seed)
-    codes = [rng.getrandbits(256) for _ in range(n)]
-    kept: list[int] = []
-    start = time.perf_counter()
-    for code in codes:
-        if not any((code ^ k).bit_count() <= radius for k in kept):
-            kept.append(code)
-    return time.perf_counter() - start
+def bench_dedup(sizes: list[int]) -> None:
+    """Section 3: Ray dedup with 1 and 2 workers against the local engine, per corpus size."""
+    import ray
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--samples", type=int, default=240, help="Samples per image size for the chain benchmark."
-    )
-    parser.add_argument("--quick", action="store_true", help="Smaller sizes (a smoke run).")
-    args = parser.parse_args()
-    n = 40 if args.quick else args.samples
+    from keye_model.data.ray_curate import RayEngine, ray_runtime
 
     cfg = CurateConfig()
-    tokenizer_json = _tokenizer_json(cfg)
+    plan = DedupPlan.from_config(cfg)
+    times: dict[tuple[str, int], float] = {}
+    with tempfile.TemporaryDirectory() as tmp, ray_runtime(cfg):  # the session main() opened
+        cpus = int(ray.cluster_resources()["CPU"])
+        for n in sizes:
+            units = write_signatures(Path(tmp) / f"sigs{n}", n)
+            work = str(Path(tmp) / f"sigs{n}")
+            dropped = set()
+            for engine, workers in (("ray", 1), ("ray", 2), ("local", 1)):
+                if engine == "local" and n > 100_000:
+                    continue  # one process would hold every route row: the local engine's limit
+                start = time.perf_counter()
+                if engine == "ray":
+                    result = RayEngine(cpus, workers).dedup(plan, units, work)
+                else:
+                    result = run_local(plan, units, work)
+                times[(f"{engine}{workers}", n)] = time.perf_counter() - start
+                dropped.add(sum(result["reasons"].values()))
+            assert len(dropped) == 1, f"engines disagree at {n}: {dropped}"
+            row = "  ".join(
+                f"{k}: {times[(k, n)]:7.2f} s"
+                for k in ("ray1", "ray2", "local1")
+                if (k, n) in times
+            )
+            print(f"  {n:>9,} signatures  {row}  ({dropped.pop():,} dropped)")
+    for key in ("ray1", "ray2"):
+        grown = [
+            f"{a:,}->{b:,}: {math.log10(times[(key, b)] / times[(key, a)]) / math.log10(b / a):.2f}"
+            for a, b in zip(sizes, sizes[1:])
+        ]
+        print(f"  growth exponent {key} (1.00 linear, goal <= 1.15): " + ", ".join(grown))
+    for n in sizes:
+        print(
+            f"  {n:>9,}: 1 -> 2 Ray workers {times[('ray1', n)] / times[('ray2', n)]:.2f}x", end=""
+        )
+        if ("local1", n) in times:
+            print(
+                f"; Ray (1 worker) / local engine time {times[('ray1', n)] / times[('local1', n)]:.2f}x",
+                end="",
+            )
+        print()
+
+
+def bench_engines(units: int, per_unit: int, side: int) -> None:
+    """Section 4: the whole stage per core, engine=ray against engine=local, same corpus."""
+    cfg = dataclasses.replace(CurateConfig(), shard_size=per_unit)
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = [u.uri for u in write_units(Path(tmp), units, per_unit, side)]
+        for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+            run = dataclasses.replace(cfg, engine=engine, num_workers=workers)
+            start = time.perf_counter()
+            curate(run, inputs, str(Path(tmp) / f"out-{engine}{workers}"))
+            rates[(engine, workers)] = units * per_unit / (time.perf_counter() - start) / workers
+    for (engine, workers), rate in rates.items():
+        print(f"  {engine:5s} {workers} worker(s): {rate:7.1f} samples/s per core")
+    base = rates[("local", 1)]
+    print(
+        f"  per core, Ray / local: 1 worker {rates[('ray', 1)] / base:.2f}x, "
+        f"2 workers {rates[('ray', 2)] / base:.2f}x (>= 1.00 wanted)"
+    )
+
+
+def chain_section(cfg: CurateConfig, tokenizer_json: str, n: int) -> None:
     print("== full operator chain, 1 process (samples/s per core)")
     rates = {side: bench_chain(cfg, tokenizer_json, side, n) for side in (320, 1280)}
     for side, rate in rates.items():
         print(f"  {side}x{side * 3 // 4:<5} {rate:8.1f} samples/s")
     print(f"  ratio 320px / 1280px: {rates[320] / rates[1280]:.2f}x (pixel ratio 16x)")
 
+
+def scan_section(cfg: CurateConfig, tokenizer_json: str, quick: bool) -> None:
     print("== scan phase scaling (work units across forked processes, 640x480)")
-    units, per_unit = (4, 15) if args.quick else (8, 40)
+    units, per_unit = (4, 15) if quick else (8, 40)
     scaling = bench_scaling(cfg, tokenizer_json, units, per_unit, 640)
     for workers, rate in scaling.items():
         print(f"  {workers} process(es): {rate:8.1f} samples/s")
@@ -178,20 +255,50 @@ def main() -> None:
         f"  load average {load:.1f} on {os.cpu_count()} cores: other load on the machine caps this ratio"
     )
 
-    print("== near-dup index (multi-index hashing, 256-bit codes, radius 18; build + query)")
-    small, large = (2_000, 20_000) if args.quick else (10_000, 100_000)
-    brute = bench_brute(small)
-    print(f"  brute-force scan baseline at {small}: {brute:6.2f} s")
-    for band_bits in (16, CurateConfig().dedup.phash_band_bits):
-        t_small, t_large = bench_index(small, band_bits), bench_index(large, band_bits)
-        growth = t_large / t_small
-        print(
-            f"  {band_bits}-bit bands: {small} codes {t_small:6.2f} s ({brute / t_small:.0f}x faster than brute force), "
-            f"{large} codes {t_large:6.2f} s"
-        )
-        print(
-            f"    growth for 10x codes: {growth:.1f}x (linear 10x, quadratic 100x; exponent {math.log10(growth):.2f})"
-        )
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--samples", type=int, default=240, help="Samples per image size for the chain benchmark."
+    )
+    parser.add_argument(
+        "--max-signatures", type=int, default=1_000_000, help="Largest dedup benchmark size."
+    )
+    parser.add_argument(
+        "--sections",
+        default="chain,scan,dedup,engines",
+        help="Comma-separated subset of: chain, scan, dedup, engines.",
+    )
+    parser.add_argument("--quick", action="store_true", help="Smaller sizes (a smoke run).")
+    args = parser.parse_args()
+    sections = set(args.sections.split(","))
+
+    cfg = CurateConfig()
+    tokenizer_json = _tokenizer_json(cfg)
+    if "chain" in sections:
+        chain_section(cfg, tokenizer_json, 40 if args.quick else args.samples)
+    if "scan" in sections:
+        scan_section(cfg, tokenizer_json, args.quick)
+    if not sections & {"dedup", "engines"}:
+        return
+    import ray
+
+    start = time.perf_counter()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    print(f"== Ray started in {time.perf_counter() - start:.1f} s (once per cluster; not counted)")
+    try:
+        if "dedup" in sections:
+            print("== distributed dedup (Ray Data job; the local engine's dedup as baseline)")
+            sizes = [2_000, 20_000, 200_000] if args.quick else [10_000, 100_000, 1_000_000]
+            bench_dedup([n for n in sizes if n <= args.max_signatures])
+        if "engines" in sections:
+            print("== whole stage per core: engine=ray against engine=local (640x480 photos)")
+            units, per_unit = (4, 25) if args.quick else (8, 100)
+            bench_engines(units, per_unit, 640)
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

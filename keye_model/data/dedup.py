@@ -37,6 +37,7 @@ from keye_model.data.neardup import (
     components,
     deletion_masks,
     frames_within,
+    group_rows,
     hamming_within,
     hash_columns,
     lsh_bands,
@@ -47,6 +48,7 @@ from keye_model.data.neardup import (
     pack_bits,
     shingles,
     split_widths,
+    unique_pairs,
 )
 from keye_model.data.records import Sample
 
@@ -56,6 +58,8 @@ KINDS = ("exact", "image", "video", "text")
 _SALT = {"exact": 0x1000, "image": 0x2000, "video": 0x3000, "text": 0x4000}
 SIDE_BINS = [16 * 2 ** (i / 2) for i in range(19)]  # 16 .. 8192 px, half-octave bins
 VERIFY_CHUNK = 1 << 20  # candidate pairs verified at a time (bounds temporary memory)
+SPREAD = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it permutes 64-bit words
+LOCAL_PARTITION_ROWS = 1 << 21  # route rows per kind_edges call of the local engine
 DROP_FIELDS = ("key", "reason", "detail")
 REASONS = {
     "exact": "exact_duplicate",
@@ -369,12 +373,12 @@ class Edges:
         """All edges of ``parts``, each pair once (routes of one pair may lie in several parts)."""
         if not parts:
             return cls.empty()
-        first = np.concatenate([p.first for p in parts])
-        second = np.concatenate([p.second for p in parts])
-        pairs = np.unique(np.stack([first, second], axis=1).reshape(-1, 2), axis=0)
+        first, second = unique_pairs(
+            np.concatenate([p.first for p in parts]), np.concatenate([p.second for p in parts])
+        )
         return cls(
-            pairs[:, 0],
-            pairs[:, 1],
+            first,
+            second,
             sum(p.capped_buckets for p in parts),
             sum(p.capped_members for p in parts),
         )
@@ -393,23 +397,20 @@ def related(kind: str, a: np.ndarray, b: np.ndarray, plan: DedupPlan) -> np.ndar
 
 def kind_edges(kind: str, rows: Table, plan: DedupPlan) -> Edges:
     """Verified edges among rows of one kind that hold whole route groups."""
-    node, code = rows["node"], rows["code"]
-    if len(node) < 2:
+    if len(rows["node"]) < 2:
         return Edges.empty()
-    # Samples with identical codes are one member here: a chain of edges joins them, and only
-    # the first (smallest node) meets other codes in buckets. This keeps a bucket of a thousand
-    # copies of one picture from turning into a million pairs.
-    unique, inverse = np.unique(code, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    held = np.unique(np.stack([inverse, node], axis=1), axis=0)  # (code id, node), sorted
-    same = held[1:, 0] == held[:-1, 0]
-    firsts, seconds = [held[:-1, 1][same]], [held[1:, 1][same]]
-    first_node = np.full(len(unique), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_node, inverse, node)
-    by_node = np.argsort(first_node)  # member ids in input order
-    rank = np.empty_like(by_node)
-    rank[by_node] = np.arange(len(by_node))
-    member = rank[inverse]
+    # One entry per sample (its rows repeat it once per route), in input order.
+    nodes, first_row = np.unique(rows["node"], return_index=True)
+    # Samples with identical codes are one member: a chain of edges joins them and only the
+    # first meets other codes in buckets, so a thousand copies of one picture stay a thousand
+    # edges instead of half a million pairs. Members are numbered in input order.
+    member_of_sample, first_sample = group_rows(rows["code"][first_row])
+    same_code = np.argsort(member_of_sample, kind="stable")
+    chained = member_of_sample[same_code][1:] == member_of_sample[same_code][:-1]
+    firsts, seconds = [nodes[same_code][:-1][chained]], [nodes[same_code][1:][chained]]
+    member = member_of_sample[np.searchsorted(nodes, rows["node"])]
+    member_code = rows["code"][first_row][first_sample]
+    member_node = nodes[first_sample]
     capped = capped_members = 0
     if kind != "exact":  # exact duplicates are identical codes: the chains above are all of them
         buckets, members = [], []
@@ -417,27 +418,31 @@ def kind_edges(kind: str, rows: Table, plan: DedupPlan) -> Edges:
             buckets.append(rows["route"])
             members.append(member)
         else:
-            slot_info = plan.slots()
-            for slot in np.unique(rows["slot"]):
-                chosen = rows["slot"] == slot
-                masks = deletion_masks(len(slot_info[slot][2]), plan.sub_radius)
-                rest = rows["rest"][chosen][:, None] & ~masks[None, :]
-                salted = mix64(rest, salt=int(slot)) ^ mix64(np.arange(len(masks), dtype=np.uint64))
-                buckets.append((mix64(rows["route"][chosen][:, None] ^ salted)).reshape(-1))
+            # Deletion keys: route ^ spread(mask index, rest with the mask's bits cleared).
+            # The odd multiplier is a bijection mod 2^64, so distinct pairs stay distinct at
+            # one multiply per key (an image makes ~240 keys: this is the hot loop).
+            widths = np.array([len(rest) for _, _, rest in plan.slots()])[rows["slot"]]
+            for width in sorted(set(widths.tolist())):
+                chosen = widths == width
+                masks = deletion_masks(width, plan.sub_radius)
+                tags = rows["rest"][chosen][:, None] & ~masks[None, :]
+                tags |= (np.arange(len(masks), dtype=np.uint64) << np.uint64(32))[None, :]
+                with np.errstate(over="ignore"):
+                    tags *= SPREAD
+                tags ^= rows["route"][chosen][:, None]  # already a 64-bit hash per route
+                buckets.append(tags.reshape(-1))
                 members.append(np.repeat(member[chosen], len(masks)))
         a, b, capped, capped_members = bucket_pairs(
             np.concatenate(buckets), np.concatenate(members), plan.cap
         )
-        pair_code = unique[by_node]
         for start in range(0, len(a), VERIFY_CHUNK):
             ca, cb = a[start : start + VERIFY_CHUNK], b[start : start + VERIFY_CHUNK]
-            ok = related(kind, pair_code[ca], pair_code[cb], plan)
-            firsts.append(first_node[by_node][ca[ok]])
-            seconds.append(first_node[by_node][cb[ok]])
+            ok = related(kind, member_code[ca], member_code[cb], plan)
+            firsts.append(member_node[ca[ok]])
+            seconds.append(member_node[cb[ok]])
     # A true pair meets in up to one bucket per band: keep each edge once.
-    first, second = np.concatenate(firsts), np.concatenate(seconds)
-    pairs = np.unique(np.stack([np.minimum(first, second), np.maximum(first, second)], 1), axis=0)
-    return Edges(pairs[:, 0], pairs[:, 1], capped, capped_members)
+    first, second = unique_pairs(np.concatenate(firsts), np.concatenate(seconds))
+    return Edges(first, second, capped, capped_members)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,10 +599,23 @@ def summary(everything: dict, dropped: dict, reasons: Counter, edges: Edges, com
     }
 
 
+def route_partition(route: np.ndarray, parts: int) -> np.ndarray:
+    """The partition (0 .. parts-1) of each route: a route group always lands in one."""
+    return (mix64(route, salt=0x7061) % np.uint64(parts)).astype(np.int64)
+
+
 def run_local(plan: DedupPlan, units: list, work: str) -> dict:
     """The dedup phase in this process; writes the drop files and returns the summary."""
     sigs = concat([read_signatures(signatures_uri(work, u.name), u.index) for u in units])
-    edges = Edges.merge([kind_edges(k, route_rows(sigs, plan, k), plan) for k in plan.kinds])
+    found = []
+    for kind in plan.kinds:
+        rows = route_rows(sigs, plan, kind)
+        # Partitions as the Ray engine makes them, one at a time: bounded temporary memory
+        # (each row becomes up to ~12 bucket keys), the same edges.
+        parts = 1 + len(rows["node"]) // LOCAL_PARTITION_ROWS
+        part = route_partition(rows["route"], parts)
+        found += [kind_edges(kind, take(rows, part == p), plan) for p in range(parts)]
+    edges = Edges.merge(found)
     nodes, labels = components(edges.first, edges.second)
     drops = resolve(members_of(sigs, nodes, labels), plan)
     unit_of = drops["node"] >> 32
@@ -606,5 +624,5 @@ def run_local(plan: DedupPlan, units: list, work: str) -> dict:
         if mine.any():
             write_unit_drops(work, unit.name, take(drops, mine))
     return summary(
-        totals(sigs), totals(drops), Counter(drops["reason"]), edges, len(np.unique(labels))
+        totals(sigs), totals(drops), Counter(drops["reason"]), edges, int((nodes == labels).sum())
     )

@@ -42,6 +42,7 @@ from keye_model.data.dedup import (
     read_signatures,
     read_unit_drops,
     resolve,
+    route_partition,
     route_rows,
     signatures_uri,
     summary,
@@ -171,30 +172,31 @@ class RayEngine:
             routed = sigs.map_batches(
                 _route, fn_args=(plan, kind, self.parts), batch_format="numpy", compute=tasks
             )
-            edges = routed.groupby("part").map_groups(
+            edges = routed.groupby("part", num_partitions=self.parts).map_groups(
                 _edges, fn_args=(plan, kind), batch_format="numpy", compute=tasks
             )
             for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
                 found.append(_edges_from_rows(batch))
         edges = Edges.merge(found)
         nodes, labels = components(edges.first, edges.second)
-        log.info("dedup: %d edges, %d components", len(edges.first), len(np.unique(labels)))
+        count = int((nodes == labels).sum())  # a component's label is its smallest node
+        log.info("dedup: %d edges, %d components", len(edges.first), count)
         graph = ray.put((nodes, labels))
         drops = (
             sigs.map_batches(
                 _members, fn_args=(graph, self.parts), batch_format="numpy", compute=tasks
             )
-            .groupby("part")
+            .groupby("part", num_partitions=self.parts)
             .map_groups(_resolve, fn_args=(plan,), batch_format="numpy", compute=tasks)
             .materialize()
         )
         names = {u.index: u.name for u in units}
-        drops.groupby("unit").map_groups(
+        drops.groupby("unit", num_partitions=self.parts).map_groups(
             _write_drops, fn_args=(work, names), batch_format="numpy", compute=tasks
         ).materialize()
         dropped = _sum_totals(drops)
         reasons = Counter(dropped["reasons"])
-        return summary(everything, dropped, reasons, edges, len(np.unique(labels)))
+        return summary(everything, dropped, reasons, edges, count)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +262,7 @@ def _route(batch: dict, plan: DedupPlan, kind: str, parts: int) -> dict:
             name: np.zeros((1, *column.shape[1:]), column.dtype) for name, column in rows.items()
         }
         rows["node"][:] = -1
-    rows["part"] = (mix64(rows["route"]) % np.uint64(parts)).astype(np.int64)
+    rows["part"] = route_partition(rows["route"], parts)
     return rows
 
 
