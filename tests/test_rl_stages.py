@@ -1,7 +1,8 @@
 """The post-training stages end to end on CPU: the tiny model learns arithmetic with GSPO.
 
-Task: one-digit addition as text ("What is 3 + 4? Put the answer in \\boxed{}."), 100 problems,
-answers checked by the rule verifier. The tiny model (``keye init``'s random weights) first gets
+Task: one-digit addition as text ("What is 3 + 4?", SFT answers "\\boxed{7}"), 100 problems,
+answers checked by the rule verifier. (A longer instruction after the numbers slows the tiny
+model's learning of the sums several-fold, so the prompt is kept short.) The tiny model (``keye init``'s random weights) first gets
 a short SFT through the SFT stage (``keye_model.train.stages``, DeepSpeed on a 1-rank gloo group)
 that teaches the answer format and part of the sums; then the GSPO stage runs from it with three
 seeds. Rewards are measured by sampling every problem ``EVAL_SAMPLES`` times at temperature 1 with
