@@ -2,11 +2,12 @@
 
 Task: one-digit addition as text ("What is 3 + 4?", SFT answers "\\boxed{7}"), 100 problems,
 answers checked by the rule verifier. (A longer instruction after the numbers slows the tiny
-model's learning of the sums several-fold, so the prompt is kept short.) The tiny model (``keye init``'s random weights) first gets
-a short SFT through the SFT stage (``keye_model.train.stages``, DeepSpeed on a 1-rank gloo group)
-that teaches the answer format and part of the sums; then the GSPO stage runs from it with three
-seeds. Rewards are measured by sampling every problem ``EVAL_SAMPLES`` times at temperature 1 with
-a fixed seed, before GSPO and after each run.
+model's learning of the sums several-fold, so the prompt is kept short.) The tiny model
+(``keye init``'s random weights) first gets a short SFT through the SFT stage
+(``keye_model.train.stages``, DeepSpeed on a 1-rank gloo group) that teaches the answer format
+and part of the sums; then the GSPO stage runs from it with three seeds. Rewards are measured by
+sampling every problem ``EVAL_SAMPLES`` times at temperature 1 with a fixed seed, before GSPO
+and after each run.
 
 Margin: the mean over the three seeds of (reward after - reward before) must be at least
 ``MARGIN`` = 0.04 absolute (about two standard errors of the 400-sample estimate), and every seed
