@@ -17,9 +17,15 @@ from keye_model.config_utils import apply_overrides, field, to_dict
 from keye_model.data.config import CurateConfig
 from keye_model.eval.config import ALL_BENCHMARKS, EvalConfig
 from keye_model.model.init_config import InitConfig
-from keye_model.rl.config import ColdStartConfig, GSPOConfig
+from keye_model.rl.config import ColdStartConfig, GSPOConfig, SamplingConfig
 from keye_model.serve.config import ServeConfig
-from keye_model.train.config import TrainConfig, align_stage, anneal_stage, sft_stage
+from keye_model.train.config import (
+    OptimConfig,
+    TrainConfig,
+    align_stage,
+    anneal_stage,
+    sft_stage,
+)
 
 
 @dataclass
@@ -83,18 +89,63 @@ def _tiny_train(cfg: TrainConfig, steps: int, lr: float) -> TrainConfig:
     return cfg
 
 
+def _tiny_post_training() -> tuple[TrainConfig, ColdStartConfig, GSPOConfig]:
+    """SFT that teaches the rendered one-digit sums (and the answer format) well enough that
+    cold-start finds prompts of medium pass rate and GSPO finds groups whose rewards differ.
+
+    Adam's beta2 = 0.999 rather than DeepSeek's 0.95: at this size and step count, 0.95 learns
+    the format but not the sums (measured in tests/test_rl_stages.py).
+    """
+    optim = OptimConfig(
+        lr=3e-3, schedule="constant", warmup_steps=10, weight_decay=0.0, betas=[0.9, 0.999]
+    )
+    sft = sft_stage(TrainConfig())
+    sft.categories, sft.long_cot_ratio = {"math_cot": 1.0}, 0.25
+    sft.max_steps, sft.save_every, sft.seq_len, sft.micro_batch_size = 150, 150, 768, 1
+    sft.optim = optim
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12)
+    cold = ColdStartConfig(
+        k=4, max_prompts=32, categories=["math_cot"], thinking="no_think", sampling=sampling
+    )
+    cold.sft = dataclasses.replace(sft, max_steps=8, save_every=8, categories={})
+    cold.sft.optim = dataclasses.replace(optim, lr=1e-3, warmup_steps=1)
+    gspo = GSPOConfig(
+        group_size=4, prompts_per_step=8, minibatches=2, micro_batch_size=8, steps=4,
+        thinking="no_think", categories=["math_cot"], sampling=sampling, max_generation_rounds=8,
+        optim=dataclasses.replace(optim, lr=5e-4, warmup_steps=0), save_every=4,
+    )  # fmt: skip
+    return sft, cold, gspo
+
+
 def tiny() -> Recipe:
     """Trains end to end on 2 CPU cores in minutes; every stage does its real job at toy scale."""
+    post_training = _tiny_post_training()
     return Recipe(
         name="tiny",
         init=InitConfig(preset="tiny"),
         align=_tiny_train(align_stage(TrainConfig()), steps=3, lr=2e-3),
         pretrain=_tiny_train(TrainConfig(), steps=4, lr=1e-3),
         anneal=_tiny_train(anneal_stage(TrainConfig()), steps=3, lr=1e-3),
-        sft=_tiny_train(sft_stage(TrainConfig()), steps=6, lr=1e-3),
+        sft=post_training[0],
+        cold_start=post_training[1],
+        gspo=post_training[2],
         # A few hundred small synthetic samples: the whole curate stage runs in seconds on 1 core.
+        # A few hundred small synthetic samples; rendered one-digit sums for post-training.
         curate=dataclasses.replace(
-            CurateConfig(), num_synthetic=300, shard_size=64, synthetic_max_side=320, num_workers=1
+            CurateConfig(),
+            num_synthetic=300,
+            shard_size=64,
+            synthetic_max_side=320,
+            num_workers=1,
+            synthetic_kinds=[
+                "chart",
+                "table",
+                "document",
+                "receipt",
+                "math",
+                "arithmetic",
+                "arithmetic",
+            ],
         ),
         # The chart asks for 2 x 8 GPUs: a tiny model is rendered and validated, never installed
         # (--set serve.install=true to try the install path on a cluster anyway).

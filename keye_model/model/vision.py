@@ -20,7 +20,7 @@ from transformers.activations import ACT2FN
 
 from keye_model.model.configuration import KeyeVisionConfig
 
-try:  # flash-attn is optional (GPU images only); CPU uses SDPA with a block-diagonal mask.
+try:  # flash-attn is optional (GPU images only); elsewhere SDPA runs per group of equal-length sequences.
     from flash_attn import flash_attn_varlen_func
 except ImportError:  # pragma: no cover - depends on the environment
     flash_attn_varlen_func = None
@@ -84,21 +84,32 @@ def varlen_attention(
         return flash_attn_varlen_func(
             q_NHK, k_NHK, v_NHK, cu, cu, max_len, max_len, softmax_scale=scale
         )
-    if len(seq_lens_S) == 1:
-        mask = None
-    else:
-        seq_id = torch.repeat_interleave(
-            torch.arange(len(seq_lens_S), device=q_NHK.device), seq_lens_S.to(q_NHK.device)
+    # SDPA on each group of equal-length sequences (one batch per group: video frames and
+    # same-size images share one call). A block-diagonal mask over all N patches would cost
+    # N^2; this costs the sum of len^2 and never attends across images.
+    lengths = seq_lens_S.tolist()
+    starts = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
+    groups: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        groups.setdefault(length, []).append(index)
+    pieces, order = [], []
+    for length, members in groups.items():
+        rows = torch.cat([torch.arange(starts[i], starts[i] + length) for i in members])
+        rows = rows.to(q_NHK.device)
+
+        def batched(x_NHK: torch.Tensor, n: int = len(members), r=rows, m=length) -> torch.Tensor:
+            return x_NHK[r].view(n, m, *x_NHK.shape[1:]).transpose(1, 2)  # (B, H, len, K)
+
+        out_BHLK = F.scaled_dot_product_attention(
+            batched(q_NHK), batched(k_NHK), batched(v_NHK), scale=scale
         )
-        mask = (seq_id[:, None] == seq_id[None, :])[None, None]  # (1, 1, N, N) block-diagonal
-    out = F.scaled_dot_product_attention(
-        q_NHK.transpose(0, 1)[None],
-        k_NHK.transpose(0, 1)[None],
-        v_NHK.transpose(0, 1)[None],
-        attn_mask=mask,
-        scale=scale,
-    )
-    return out[0].transpose(0, 1)
+        pieces.append(
+            out_BHLK.transpose(1, 2).reshape(-1, *out_BHLK.shape[1:2], out_BHLK.shape[-1])
+        )
+        order.append(rows)
+    if len(pieces) == 1 and len(lengths) == 1:
+        return pieces[0]
+    return torch.cat(pieces)[torch.argsort(torch.cat(order))]
 
 
 class KeyeVisionEmbeddings(nn.Module):

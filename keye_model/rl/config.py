@@ -147,6 +147,10 @@ class ColdStartConfig:
         "sentences, post-answer text) from kept responses (ConCISE / NoWait practice).",
     )
     max_prompts: int = field(0, help="Use at most this many prompts (0 = all).")
+    categories: list[str] = field(
+        default_factory=list,
+        help="Curated categories whose QA samples become prompts ([] = every verifiable sample).",
+    )
     seed: int = field(0, help="Sampling seed.")
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=2048),
@@ -232,6 +236,10 @@ class GSPOConfig:
         "LR schedule counts optimizer steps, not generation rounds.",
     )
     thinking: str = field("auto", help="Thinking mode of the prompts: think, no_think or auto.")
+    categories: list[str] = field(
+        default_factory=list,
+        help="Curated categories whose QA samples become prompts ([] = every verifiable sample).",
+    )
     trainable: list[str] = field(
         default_factory=lambda: list(MODULES),
         help="Top-level modules that train (visual, mlp_AR, model, lm_head); the rest is frozen.",

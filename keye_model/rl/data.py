@@ -22,8 +22,13 @@ from keye_model.rl.sampling import RLPrompt
 _VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "avi")
 
 
-def load_prompts(data: str, media_dir: str | Path, cache_dir: str | Path) -> list[RLPrompt]:
-    """Every sample of ``data`` with a QA turn as an ``RLPrompt`` (media saved under ``media_dir``)."""
+def load_prompts(
+    data: str, media_dir: str | Path, cache_dir: str | Path, categories: Sequence[str] = ()
+) -> list[RLPrompt]:
+    """Every sample of ``data`` with a QA turn as an ``RLPrompt`` (media saved under ``media_dir``).
+
+    ``categories`` keeps only samples of those curated categories (empty: all).
+    """
     from keye_model.eval.extract import last_boxed
     from keye_model.train.data import ShardIndex
 
@@ -32,6 +37,8 @@ def load_prompts(data: str, media_dir: str | Path, cache_dir: str | Path) -> lis
     media_root.mkdir(parents=True, exist_ok=True)
     prompts = []
     for ref in index.refs:
+        if categories and ref.category not in categories:
+            continue
         sample = index.read(ref)
         turns = sample.get("qa") or []
         if not turns or not str(turns[0].get("answer", "")).strip():
@@ -52,7 +59,8 @@ def load_prompts(data: str, media_dir: str | Path, cache_dir: str | Path) -> lis
         gold = last_boxed(answer) or answer
         prompts.append(RLPrompt(ref.key, messages, question, gold))
     if not prompts:
-        raise ValueError(f"--data {data}: no sample has a question with an answer to verify")
+        where = f" in categories {list(categories)}" if categories else ""
+        raise ValueError(f"--data {data}: no sample{where} has a question with an answer to verify")
     return prompts
 
 

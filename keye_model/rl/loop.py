@@ -44,6 +44,7 @@ from keye_model.rl.sampling import RLPrompt, SamplingStats
 from keye_model.stage import StageResult, local_output
 from keye_model.train import checkpoint
 from keye_model.train.config import TrainConfig
+from keye_model.train.loop import local_model_dir, save_model
 
 
 @dataclass
@@ -266,21 +267,6 @@ def sampling_metrics(stats: SamplingStats, rows: list[Row]) -> dict[str, float]:
     }
 
 
-def save_policy(engine, processor, path: Path, zero_stage: int, rank: int) -> None:
-    """The policy in HF format (released names) at ``path``; collective under ZeRO-3."""
-    gather = contextlib.nullcontext()
-    if zero_stage == 3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(
-            list(engine.module.parameters()), modifier_rank=None
-        )
-    with gather:
-        if rank == 0:
-            engine.module.save_pretrained(path)
-            processor.save_pretrained(path)
-
-
 def run_gspo(run: GSPORun) -> StageResult:
     """Run ``run.steps`` GSPO rollout steps on this rank; rank 0 returns the real result."""
     from keye_model import KeyeVLMoeForConditionalGeneration
@@ -291,7 +277,6 @@ def run_gspo(run: GSPORun) -> StageResult:
     from keye_model.rl.verifier import build_verifier
     from keye_model.tracking import scratch_dir, stage_run
     from keye_model.train.engine import build_engine, freeze, init_distributed, validate
-    from keye_model.train.loop import _local_model
 
     cfg = dataclasses.replace(run.cfg, steps=run.steps, save_every=run.save_every)
     rank, world = init_distributed()
@@ -299,8 +284,8 @@ def run_gspo(run: GSPORun) -> StageResult:
     validate(tcfg, "gspo")
     log = get_logger("gspo")
     scratch = scratch_dir("keye-gspo-")
-    model_dir = _local_model(run.model, scratch)
-    prompts = load_prompts(run.data, scratch / "media", scratch / "shards")
+    model_dir = local_model_dir(run.model, scratch)
+    prompts = load_prompts(run.data, scratch / "media", scratch / "shards", cfg.categories)
     stream = PromptStream(prompts, cfg.seed)
     torch.manual_seed(cfg.seed)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
@@ -396,7 +381,7 @@ def run_gspo(run: GSPORun) -> StageResult:
             if (step + 1) % run.save_every == 0 or step + 1 == run.steps:
                 state = checkpoint.TrainerState(step + 1, drawn(), checkpoint.rng_state())
                 checkpoint.save(engine, run.checkpoints, state, scratch, cfg.keep_last)
-        save_policy(engine, processor, out_dir / "final", cfg.launch.zero_stage, rank)
+        save_model(engine, processor, out_dir / "final", cfg.launch.zero_stage, rank)
         if world > 1:
             dist.barrier()
         result = _result(run, out_dir, tracker) if rank == 0 else StageResult(stage="gspo")
@@ -409,7 +394,7 @@ def run_gspo(run: GSPORun) -> StageResult:
 def _refresh_server(engine, processor, rollout, out_dir: Path, run: GSPORun, step: int, rank: int):
     """Save the policy where the server reads it and make the server load it."""
     name = f"policy/step-{step + 1:08d}"
-    save_policy(engine, processor, out_dir / name, run.cfg.launch.zero_stage, rank)
+    save_model(engine, processor, out_dir / name, run.cfg.launch.zero_stage, rank)
     if rank == 0:
         target = storage.join(run.output, name)
         if storage.is_s3(run.output):

@@ -8,7 +8,7 @@ Both stages use the training stages' machinery: the SFT of cold-start is the SFT
 entry (``keye_model.train.stages.train_stage``), and GSPO builds its DeepSpeed engine, writes its
 resumable checkpoints and logs to MLflow with the same code (``keye_model.rl.loop``). With one
 local process (the tiny default) GSPO runs in this process on a 1-rank gloo group; otherwise
-torchx launches ``keye_model.rl.worker`` on every rank, as training does.
+torchx launches ``keye_model.train.worker --stage gspo`` on every rank, as training does.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import json
 from keye_model import storage
 from keye_model.rl.config import ColdStartConfig, GSPOConfig
 from keye_model.stage import StageResult
+from keye_model.train.worker import RESULT_FILE
 
-RESULT_FILE = "gspo_result.json"
 KEPT = "kept"  # <output>/kept/shards: the cold-start SFT data
 
 
@@ -70,13 +70,13 @@ def gspo(
     from keye_model.train.launch import app_def, submit_and_follow
 
     argv = [
-        "--config-json", json.dumps(to_dict(cfg)), "--output", output, "--model", model,
+        "--stage", "gspo", "--config-json", json.dumps(to_dict(cfg)), "--output", output, "--model", model,
         "--data", data, "--max-steps", str(run.steps), "--save-every", str(run.save_every),
         *(["--resume"] if resume else []),
     ]  # fmt: skip
     world = cfg.launch.nproc_per_node * cfg.launch.nodes
     tcfg = train_config(cfg, run.steps, world)
-    submit_and_follow(app_def("gspo", tcfg, argv, module="keye_model.rl.worker"), tcfg)
+    submit_and_follow(app_def("gspo", tcfg, argv), tcfg)
     return StageResult(**json.loads(storage.read_text(storage.join(output, RESULT_FILE))))
 
 
@@ -98,7 +98,7 @@ def cold_start(
     from keye_model.stage import local_output
     from keye_model.tracking import scratch_dir, stage_run
     from keye_model.train.engine import validate
-    from keye_model.train.loop import _local_model
+    from keye_model.train.loop import local_model_dir
     from keye_model.train.stages import train_stage
 
     validate(cfg.sft, "cold_start.sft")  # bad SFT settings fail before any sampling
@@ -109,8 +109,8 @@ def cold_start(
     else:
         with stage_run("cold_start", cfg) as tracker, local_output(output) as out_dir:
             scratch = scratch_dir("keye-cold-start-")
-            model_dir = _local_model(model, scratch)
-            prompts = load_prompts(data, scratch / "media", scratch / "shards")
+            model_dir = local_model_dir(model, scratch)
+            prompts = load_prompts(data, scratch / "media", scratch / "shards", cfg.categories)
             if cfg.max_prompts:
                 prompts = prompts[: cfg.max_prompts]
             from keye_model.processing.processor import KeyeProcessor

@@ -85,7 +85,8 @@ def measured_peak_flops(seconds: float = 0.2) -> float:
     return done * 2 * 512**3 / (time.perf_counter() - start)
 
 
-def _local_model(model: str, scratch: Path) -> Path:
+def local_model_dir(model: str, scratch: Path) -> Path:
+    """A local directory holding ``model`` (an s3:// model is downloaded into ``scratch``)."""
     if not storage.exists(storage.join(model, "config.json")):
         raise FileNotFoundError(
             f"--model {model}: no config.json (a Keye model directory is expected)"
@@ -110,7 +111,7 @@ def train(run: Run) -> StageResult:
     rank, world = init_distributed()
     log = get_logger(run.stage)
     scratch = scratch_dir(f"keye-{run.stage}-")
-    model_dir = _local_model(run.model, scratch)
+    model_dir = local_model_dir(run.model, scratch)
     index = ShardIndex(run.data, scratch / "shards")  # fails fast on a data folder without shards
     torch.manual_seed(cfg.seed)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
@@ -249,17 +250,7 @@ def _step(
 
 def _finish(run: Run, engine, processor, out_dir: Path, tracker, rank: int) -> StageResult:
     """Write ``<output>/final`` (HF format, released names) and the loss curve; build the result."""
-    model = engine.module
-    gather = contextlib.nullcontext()
-    if run.cfg.launch.zero_stage == 3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    with gather:
-        if rank == 0:
-            final = out_dir / "final"
-            model.save_pretrained(final)
-            processor.save_pretrained(final)
+    save_model(engine, processor, out_dir / "final", run.cfg.launch.zero_stage, rank)
     dist.barrier()
     if rank != 0:
         return StageResult(stage=run.stage)
@@ -289,6 +280,21 @@ def _finish(run: Run, engine, processor, out_dir: Path, tracker, rank: int) -> S
         message=f"{len(history)} steps, loss {first:.3f} -> {last:.3f}; model in "
         f"{storage.join(run.output, 'final')}",
     )
+
+
+def save_model(engine, processor, path: Path, zero_stage: int, rank: int) -> None:
+    """The trained model in HF format (released weight names) at ``path``; collective under ZeRO-3."""
+    gather = contextlib.nullcontext()
+    if zero_stage == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(
+            list(engine.module.parameters()), modifier_rank=None
+        )
+    with gather:
+        if rank == 0:
+            engine.module.save_pretrained(path)
+            processor.save_pretrained(path)
 
 
 def _plot_history(history: list[dict[str, float]], stage: str, path: Path) -> None:

@@ -19,8 +19,7 @@ from keye_model import storage
 from keye_model.stage import StageResult
 from keye_model.train.config import TrainConfig
 from keye_model.train.engine import validate
-
-RESULT_FILE = "train_result.json"
+from keye_model.train.worker import RESULT_FILE
 
 
 def train_stage(

@@ -1,7 +1,8 @@
-"""One rank of a launched training stage (``torchrun -m keye_model.train.worker ...``).
+"""One rank of a launched stage (``torchrun -m keye_model.train.worker --stage NAME ...``).
 
-torchx starts this module on every rank (locally or in a Volcano job); it runs the shared loop
-and rank 0 writes ``<output>/train_result.json`` for the launching stage function to read back.
+torchx starts this module on every rank (locally or in a Volcano job) for every launched stage:
+the gradient stages run the shared training loop, ``gspo`` runs the RL loop on the same engine.
+Rank 0 writes ``<output>/stage_run.json`` for the launching stage function to read back.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import sys
 
 from keye_model import storage
 
+RESULT_FILE = "stage_run.json"
+
 
 def main(argv: list[str] | None = None) -> int:
+    import torch.distributed as dist
+
     from keye_model.config_utils import apply_overrides
-    from keye_model.train.config import TrainConfig
-    from keye_model.train.loop import Run, train
-    from keye_model.train.stages import RESULT_FILE
 
     parser = argparse.ArgumentParser(prog="keye_model.train.worker", description=__doc__)
-    parser.add_argument("--stage", required=True)
-    parser.add_argument("--config-json", required=True, help="The stage's TrainConfig as JSON.")
+    parser.add_argument("--stage", required=True, help="align, pretrain, anneal, sft or gspo.")
+    parser.add_argument("--config-json", required=True, help="The stage's config as JSON.")
     parser.add_argument("--output", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
@@ -29,20 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-every", type=int, required=True)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
-    cfg = apply_overrides(TrainConfig(), json.loads(args.config_json))
-    run = Run(
-        args.stage,
-        cfg,
-        args.output,
-        args.model,
-        args.data,
-        args.max_steps,
-        args.save_every,
-        args.resume,
-    )
-    result = train(run)
-    import torch.distributed as dist
+    config = json.loads(args.config_json)
+    where = (args.output, args.model, args.data, args.max_steps, args.save_every, args.resume)
+    if args.stage == "gspo":
+        from keye_model.rl.config import GSPOConfig
+        from keye_model.rl.loop import GSPORun, run_gspo
 
+        result = run_gspo(GSPORun(apply_overrides(GSPOConfig(), config), *where))
+    else:
+        from keye_model.train.config import TrainConfig
+        from keye_model.train.loop import Run, train
+
+        result = train(Run(args.stage, apply_overrides(TrainConfig(), config), *where))
     if dist.get_rank() == 0:
         result.write(storage.join(args.output, RESULT_FILE))
     return 0
