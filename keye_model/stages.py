@@ -167,7 +167,7 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=(_MODEL, _DATA),
         options=_TRAIN_OPTIONS,
         produces="model",
-        headline="reward_mean",
+        headline="reward_final",
     ),
     StageSpec(
         name="evaluate",
