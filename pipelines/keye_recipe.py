@@ -72,6 +72,16 @@ def _gpu_settings(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     return task
 
 
+def _common(recipe_json, storage_root, run_id, parent_run_id) -> dict:
+    """The four parameters every step takes: the recipe and where this run lives."""
+    return dict(
+        recipe_json=recipe_json,
+        storage_root=storage_root,
+        run_id=run_id,
+        parent_run_id=parent_run_id,
+    )
+
+
 def _train(stage: str, model, data, common: dict) -> dsl.PipelineTask:
     task = train(stage=stage, model=model, data=data, **common)
     return _gpu_settings(task, stage.replace("_", "-"))
