@@ -92,12 +92,7 @@ def pretrain_pipeline(
     recipe_json: str, storage_root: str, run_id: str, parent_run_id: str, model: str, data: str
 ) -> str:
     """align -> pretrain -> anneal, from a model URI; returns the annealed model's URI."""
-    common = dict(
-        recipe_json=recipe_json,
-        storage_root=storage_root,
-        run_id=run_id,
-        parent_run_id=parent_run_id,
-    )
+    common = _common(recipe_json, storage_root, run_id, parent_run_id)
     aligned = _train("align", model, data, common)
     pretrained = _train("pretrain", aligned.outputs["Output"], data, common)
     annealed = _train("anneal", pretrained.outputs["Output"], data, common)
@@ -109,12 +104,7 @@ def post_train_pipeline(
     recipe_json: str, storage_root: str, run_id: str, parent_run_id: str, model: str, data: str
 ) -> str:
     """sft -> cold_start -> gspo, from a model URI; returns the RL-trained model's URI."""
-    common = dict(
-        recipe_json=recipe_json,
-        storage_root=storage_root,
-        run_id=run_id,
-        parent_run_id=parent_run_id,
-    )
+    common = _common(recipe_json, storage_root, run_id, parent_run_id)
     tuned = _train("sft", model, data, common)
     filtered = _train("cold_start", tuned.outputs["Output"], data, common)
     reinforced = _train("gspo", filtered.outputs["Output"], data, common)
@@ -132,12 +122,7 @@ def release_pipeline(
     eval_endpoint: str = "",
 ) -> str:
     """evaluate -> deploy, from a model URI; returns the rendered manifests' URI."""
-    common = dict(
-        recipe_json=recipe_json,
-        storage_root=storage_root,
-        run_id=run_id,
-        parent_run_id=parent_run_id,
-    )
+    common = _common(recipe_json, storage_root, run_id, parent_run_id)
     scored = evaluate(model=model, data=eval_data, endpoint=eval_endpoint, **common)
     _cluster_settings(scored.set_display_name("evaluate"), cpu="8", memory="64Gi")
     release = deploy(model=scored.outputs["Output"], **common)
@@ -163,12 +148,7 @@ def keye_recipe(
     eval_endpoint: str = "",
 ):
     """Run the recipe; ``recipe_json`` is a full ``keye_model.recipe.Recipe`` (reproducible from MLflow)."""
-    common = dict(
-        recipe_json=recipe_json,
-        storage_root=storage_root,
-        run_id=run_id,
-        parent_run_id=parent_run_id,
-    )
+    common = _common(recipe_json, storage_root, run_id, parent_run_id)
     # Scale-out curation: one scan task per shard, then one pass for global dedup, mixture and write.
     with dsl.ParallelFor(items=curate_shards, parallelism=16) as shard:
         scan = curate_scan(inputs=curate_inputs, shard_index=shard, shards=curate_shards, **common)
