@@ -524,8 +524,10 @@ def _run(
             engine.name,
             engine.workers,
         )
+        clock = time.time()
         if pending:
             engine.scan(pending, cfg_json, _tokenizer_json(cfg), work, on_event)
+        seconds = {"scan": time.time() - clock}
         if shard_index is not None:
             return StageResult(
                 stage=STAGE,
@@ -541,7 +543,9 @@ def _run(
         if missing:
             raise RuntimeError(f"units {missing[:5]} were not scanned")
 
+        clock = time.time()
         dedup = _dedup_phase(cfg, engine, units, work)
+        seconds["dedup"] = time.time() - clock
         factors, budget = repeat_factors(cfg.mixture, dedup["available"])
         log.info(
             "dedup dropped %d (%d hot buckets capped); repeat factors %s",
@@ -554,13 +558,18 @@ def _run(
             u for u in units if not _done(storage.join(work, "write", f"{u.name}.done"))
         ]
         log.info("write: %d units (%d already done)", len(units), len(units) - len(write_pending))
+        clock = time.time()
         engine.write(write_pending, cfg_json, work, output, factors, on_event)
+        seconds["write"] = time.time() - clock
+    log.info("phases: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     manifest = build_manifest(cfg, units, inputs, work, dedup, factors, budget)
     storage.write_text(
         storage.join(output, "manifest.json"), json.dumps(manifest, indent=2, sort_keys=True)
     )
     _log_to_mlflow(tracker, manifest)
-    tracker.log_metrics({"elapsed_s": time.time() - started})
+    tracker.log_metrics(
+        {"elapsed_s": time.time() - started, **{f"{k}_s": v for k, v in seconds.items()}}
+    )
     if not cfg.keep_work:
         _remove_work(work)
     counts = manifest["counts"]
@@ -569,6 +578,7 @@ def _run(
         text_tokens=float(manifest["tokens"]["text"]),
         image_tokens=float(manifest["tokens"]["image"]),
         elapsed_s=time.time() - started,
+        **{f"{phase}_s": value for phase, value in seconds.items()},
     )
     return StageResult(
         stage=STAGE,

@@ -59,7 +59,8 @@ _SALT = {"exact": 0x1000, "image": 0x2000, "video": 0x3000, "text": 0x4000}
 SIDE_BINS = [16 * 2 ** (i / 2) for i in range(19)]  # 16 .. 8192 px, half-octave bins
 VERIFY_CHUNK = 1 << 20  # candidate pairs verified at a time (bounds temporary memory)
 SPREAD = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it permutes 64-bit words
-LOCAL_PARTITION_ROWS = 1 << 21  # route rows per kind_edges call of the local engine
+# Route rows per kind_edges call (each becomes up to ~12 bucket keys): ~1 GB of temporaries.
+PARTITION_ROWS = 1 << 21
 DROP_FIELDS = ("key", "reason", "detail")
 REASONS = {
     "exact": "exact_duplicate",
@@ -264,6 +265,15 @@ class DedupPlan:
     def kinds(self) -> list[str]:
         """The signature kinds the configured operators compare."""
         return [kind for op in self.operators for kind in _OPERATOR_KINDS[op]]
+
+    def rows_per_signature(self, kind: str) -> int:
+        """Route rows ``route_rows`` makes per signature of ``kind``."""
+        if kind == "exact":
+            return 1
+        if kind == "text":
+            return len(self.lsh)
+        frames = self.video_frames if kind == "video" else 1
+        return frames * len(self.slots())
 
     @property
     def code_bytes(self) -> int:
@@ -610,9 +620,8 @@ def run_local(plan: DedupPlan, units: list, work: str) -> dict:
     found = []
     for kind in plan.kinds:
         rows = route_rows(sigs, plan, kind)
-        # Partitions as the Ray engine makes them, one at a time: bounded temporary memory
-        # (each row becomes up to ~12 bucket keys), the same edges.
-        parts = 1 + len(rows["node"]) // LOCAL_PARTITION_ROWS
+        # Partitions as the Ray engine makes them, one at a time: bounded memory, same edges.
+        parts = 1 + len(rows["node"]) // PARTITION_ROWS
         part = route_partition(rows["route"], parts)
         found += [kind_edges(kind, take(rows, part == p), plan) for p in range(parts)]
     edges = Edges.merge(found)

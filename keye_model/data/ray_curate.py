@@ -3,8 +3,9 @@
 It calls the same functions as the local engine, only distributed, so both engines take the same
 decisions and write byte-identical output whatever the number of workers:
 
-- scan and write: one row per work unit, mapped by a pool of ``num_workers`` actors (each builds
-  the operators and tokenizer once) into the same ``scan_unit`` / ``write_unit``;
+- scan and write: one row per work unit, mapped by ``num_workers`` concurrent tasks into the
+  same ``scan_unit`` / ``write_unit`` (a worker process builds the operators once and keeps
+  them for its later tasks);
 - dedup (``keye_model.data.dedup``): signatures read per unit; per kind, route rows are grouped
   by a partition of their route (a route group is never split) and ``kind_edges`` verifies the
   candidates of each partition; the driver forms connected components from the edges; members
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,6 +36,7 @@ import numpy as np
 from keye_model.data.config import CurateConfig
 from keye_model.data.dedup import (
     KIND_COLUMNS,
+    PARTITION_ROWS,
     DedupPlan,
     Edges,
     add_totals,
@@ -56,7 +59,8 @@ from keye_model.log import get_logger
 
 log = get_logger("curate")
 # Partitions per worker of each shuffle: enough to balance uneven route groups, few enough that
-# per-task overhead stays small. The result does not depend on it.
+# per-task overhead stays small; more when a partition would pass dedup.PARTITION_ROWS. The
+# result does not depend on either.
 PARTITIONS_PER_WORKER = 4
 
 
@@ -112,20 +116,20 @@ class RayEngine:
 
         return TaskPoolStrategy(size=self.workers)
 
-    def _map_units(self, actor: type, units: list[WorkUnit], args: tuple) -> None:
-        """Run ``actor(*args)(unit)`` for every unit on a pool of ``num_workers`` actors."""
+    def _map_units(self, fn: Callable, units: list[WorkUnit], args: tuple) -> None:
+        """Run ``fn(row, *args)`` for every unit, ``num_workers`` tasks at a time.
+
+        Tasks rather than an actor pool: Ray keeps a job's worker processes, so the operators
+        a scan task builds (``curate._scanner``'s per-process cache) serve the next tasks there,
+        and no phase waits for fresh actors to start (~2-4 s each here).
+        """
         import ray.data
 
         if not units:
             return
         rows = [dataclasses.asdict(u) for u in units]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-        dataset.map(
-            actor,
-            fn_constructor_args=args,
-            compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(units))),
-            num_cpus=1,
-        ).materialize()
+        dataset.map(fn, fn_args=args, compute=self._tasks(), num_cpus=1).materialize()
 
     def scan(
         self,
@@ -135,8 +139,8 @@ class RayEngine:
         work: str,
         on_event: Callable | None,
     ) -> None:
-        """Phase 1 for ``units`` (``curate.scan_unit`` on Ray actors)."""
-        self._map_units(_UnitScanner, units, (cfg_json, tokenizer_json, work, on_event))
+        """Phase 1 for ``units`` (``curate.scan_unit`` in Ray tasks)."""
+        self._map_units(_scan, units, (cfg_json, tokenizer_json, work, on_event))
 
     def write(
         self,
@@ -147,8 +151,8 @@ class RayEngine:
         factors: dict[str, float],
         on_event: Callable | None,
     ) -> None:
-        """Phase 4 for ``units`` (``curate.write_unit`` on Ray actors)."""
-        self._map_units(_UnitWriter, units, (cfg_json, work, output, factors, on_event))
+        """Phase 4 for ``units`` (``curate.write_unit`` in Ray tasks)."""
+        self._map_units(_write, units, (cfg_json, work, output, factors, on_event))
 
     def dedup(self, plan: DedupPlan, units: list[WorkUnit], work: str) -> dict:
         """Phase 2 as a Ray Data job; writes the drop files and returns the summary."""
@@ -169,10 +173,12 @@ class RayEngine:
         for kind in plan.kinds:
             if not everything["kinds"].get(kind):
                 continue  # no signature of this kind (often: videos): skip its shuffle
+            rows = everything["kinds"][kind] * plan.rows_per_signature(kind)
+            parts = max(self.parts, math.ceil(rows / PARTITION_ROWS))
             routed = sigs.map_batches(
-                _route, fn_args=(plan, kind, self.parts), batch_format="numpy", compute=tasks
+                _route, fn_args=(plan, kind, parts), batch_format="numpy", compute=tasks
             )
-            edges = routed.groupby("part", num_partitions=self.parts).map_groups(
+            edges = routed.groupby("part", num_partitions=parts).map_groups(
                 _edges, fn_args=(plan, kind), batch_format="numpy", compute=tasks
             )
             for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
@@ -203,38 +209,20 @@ class RayEngine:
 # Ray Data functions (module level: they travel to workers by reference)
 
 
-class _UnitScanner:
-    def __init__(self, cfg_json: str, tokenizer_json: str, work: str, on_event: Callable | None):
-        self.args = (cfg_json, tokenizer_json, work)
-        self.on_event = on_event
+def _scan(row: dict[str, Any], cfg_json: str, tokenizer_json: str, work: str, on_event) -> dict:
+    from keye_model.data.curate import scan_unit
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from keye_model.data.curate import scan_unit
-
-        unit = _unit(row)
-        scan_unit(unit, *self.args, on_event=self.on_event)
-        return {"unit": unit.name}
+    unit = _unit(row)
+    scan_unit(unit, cfg_json, tokenizer_json, work, on_event=on_event)
+    return {"unit": unit.name}
 
 
-class _UnitWriter:
-    def __init__(
-        self,
-        cfg_json: str,
-        work: str,
-        output: str,
-        factors: dict[str, float],
-        on_event: Callable | None,
-    ):
-        self.cfg_json, self.work, self.output, self.factors = cfg_json, work, output, factors
-        self.on_event = on_event
+def _write(row: dict[str, Any], cfg_json: str, work: str, output: str, factors, on_event) -> dict:
+    from keye_model.data.curate import write_unit
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from keye_model.data.curate import write_unit
-
-        unit = _unit(row)
-        drops = read_unit_drops(self.work, unit.name)
-        write_unit(unit, self.cfg_json, self.work, self.output, drops, self.factors, self.on_event)
-        return {"unit": unit.name}
+    unit = _unit(row)
+    write_unit(unit, cfg_json, work, output, read_unit_drops(work, unit.name), factors, on_event)
+    return {"unit": unit.name}
 
 
 def _unit(row: dict[str, Any]) -> WorkUnit:
