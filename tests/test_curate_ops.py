@@ -14,9 +14,16 @@ from curate_corpus import FIXTURES, decompression_bomb, encode, noise_image, tru
 from PIL import Image
 
 from keye_model.data.config import CurateConfig, FilterConfig, MixtureConfig
-from keye_model.data.dedup import GlobalDedup, phash_code, signature
+from keye_model.data.dedup import (
+    DedupPlan,
+    decide,
+    kind_edges,
+    phash_code,
+    route_rows,
+    signature,
+    signature_table,
+)
 from keye_model.data.mixture import repeat_factors, repeats, target_shares
-from keye_model.data.neardup import MultiIndexHash
 from keye_model.data.operators import (
     ClipScore,
     ClipScorer,
@@ -183,35 +190,45 @@ def test_text_quality_and_language():
     assert language(sample(None, "Bonjour")) is None  # too short to judge: passes
 
 
-def test_multi_index_hash_matches_brute_force():
+def test_band_candidates_match_brute_force():
     rng = random.Random(0)
     bits, radius = 256, 18
-    index = MultiIndexHash(bits, radius, band_bits=16)
-    codes = [rng.getrandbits(bits) for _ in range(3000)]
-    for i, code in enumerate(codes):
-        index.add(code, f"c{i}")
-    queries = []
+    cfg = CurateConfig()
+    cfg = dataclasses.replace(cfg, dedup=dataclasses.replace(cfg.dedup, phash_band_bits=16))
+    plan = DedupPlan.from_config(cfg)
+    codes = [rng.getrandbits(bits) for _ in range(1500)]
     for _ in range(300):
-        base = rng.choice(codes)
-        flips = rng.randint(0, radius + 6)
-        for b in rng.sample(range(bits), flips):
+        base = rng.choice(codes[:1500])
+        for b in rng.sample(range(bits), rng.randint(1, radius + 6)):
             base ^= 1 << b
-        queries.append(base)
-    queries += [rng.getrandbits(bits) for _ in range(100)]
-    # Adversarial: 2 flipped bits in each of the first 9 bands (distance 18; only band 9 of the
-    # 10 indexed bands is within the sub-radius) must be found; one more flip there must not.
+        codes.append(base)
+    # Adversarial (bands are read most significant bit first): 2 flips in each of bands 0-7 and
+    # 1 in each of bands 8 and 9 is distance 18, and no band is equal: only the deletion keys
+    # (rest of a band with one bit cleared) can find it. One more flip in band 9 must not match.
     worst = codes[0]
-    for band in range(9):
-        worst ^= 0b101 << (16 * band)
-    queries += [worst, worst ^ (1 << (16 * 9))]
-    assert index.query(worst) == "c0"
-    for q in queries:
-        truth = {f"c{i}" for i, c in enumerate(codes) if (c ^ q).bit_count() <= radius}
-        hit = index.query(q)
-        assert (hit is None) == (not truth)
-        assert hit is None or hit in truth
+    for band in range(8):
+        worst ^= 0b101 << (240 - 16 * band)
+    worst ^= (1 << (240 - 16 * 8)) | (1 << (240 - 16 * 9))
+    codes += [worst, worst ^ (1 << (242 - 16 * 9))]
+    sigs = signature_table(
+        [
+            {"key": f"c{i}", "category": "caption", "phash": f"{c:064x}"}
+            for i, c in enumerate(codes)
+        ],
+        0,
+    )
+    edges = kind_edges("image", route_rows(sigs, plan, "image"), plan)
+    found = set(zip(edges.first.tolist(), edges.second.tolist()))
+    truth = {
+        (i, j)
+        for i in range(len(codes))
+        for j in range(i + 1, len(codes))
+        if (codes[i] ^ codes[j]).bit_count() <= radius
+    }
+    assert found == truth  # every pair within the radius, nothing else
+    assert (0, len(codes) - 2) in found and (0, len(codes) - 1) not in found
     # 19 exact-match bands of 16 bits do not fit in 256 bits; sub-radius 1 needs 10 bands.
-    assert (index.sub_radius, index.bands, len(index.probes)) == (1, 10, 17)
+    assert (plan.sub_radius, plan.bands, len(plan.slots())) == (1, 10, 20)
 
 
 def test_near_dup_finds_resized_and_recompressed_real_photos(real_images):
@@ -252,13 +269,14 @@ def test_global_dedup_orders_exact_image_and_text(real_images):
     texts.append(
         "A totally unrelated caption so only the picture can match the earlier photo here."
     )
-    dedup = GlobalDedup(cfg)
-    verdicts = []
+    sigs = []
     for i, (media, text) in enumerate(zip(medias, texts)):
         s = sample(media, text, key=f"s{i}")
         assert decode(s) is None
-        v = dedup.check(signature(s, cfg))
-        verdicts.append(v.reason if v else None)
+        sigs.append(signature(s, cfg))
+    drops, _, _ = decide(signature_table(sigs, 0), DedupPlan.from_config(cfg))
+    reasons = dict(zip(drops["key"], drops["reason"]))
+    verdicts = [reasons.get(f"s{i}") for i in range(len(sigs))]
     assert verdicts == [
         None,
         "exact_duplicate",

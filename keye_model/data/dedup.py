@@ -59,8 +59,10 @@ _SALT = {"exact": 0x1000, "image": 0x2000, "video": 0x3000, "text": 0x4000}
 SIDE_BINS = [16 * 2 ** (i / 2) for i in range(19)]  # 16 .. 8192 px, half-octave bins
 VERIFY_CHUNK = 1 << 20  # candidate pairs verified at a time (bounds temporary memory)
 SPREAD = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it permutes 64-bit words
-# Route rows per kind_edges call (each becomes up to ~12 bucket keys): ~1 GB of temporaries.
-PARTITION_ROWS = 1 << 21
+# Route rows per kind_edges call (each becomes up to ~12 bucket keys). Measured: a Ray task on
+# 2.5M image rows peaked at 5.1 GiB, so ~2 KiB per row: 1M rows stay near 2 GiB.
+PARTITION_ROWS = 1 << 20
+PARTITION_BYTES_PER_ROW = 2048
 DROP_FIELDS = ("key", "reason", "detail")
 REASONS = {
     "exact": "exact_duplicate",
@@ -87,13 +89,16 @@ _OPERATOR_KINDS = {
 # Signatures (scan phase)
 
 
-def phash_code(image: Any, hash_size: int) -> bytes:
-    """The DCT perceptual hash of an image: ``hash_size``^2 bits, big-endian bytes."""
+def phash_code(image: Any, hash_size: int) -> int:
+    """The DCT perceptual hash of an image as an integer of ``hash_size``^2 bits."""
     import imagehash
 
-    bits = hash_size * hash_size
-    value = int(str(imagehash.phash(image, hash_size=hash_size)), 16)
-    return value.to_bytes((bits + 7) // 8, "big")
+    return int(str(imagehash.phash(image, hash_size=hash_size)), 16)
+
+
+def code_bytes(code: int, hash_size: int) -> bytes:
+    """A perceptual hash as big-endian bytes (fixed width: leading zero bits kept)."""
+    return code.to_bytes((hash_size * hash_size + 7) // 8, "big")
 
 
 def video_frame_codes(data: bytes, hash_size: int, count: int) -> bytes | None:
@@ -124,7 +129,7 @@ def video_frame_codes(data: bytes, hash_size: int, count: int) -> bytes | None:
                         break
                 if chosen is None:
                     return None
-                codes.append(phash_code(chosen.to_image(), hash_size))
+                codes.append(code_bytes(phash_code(chosen.to_image(), hash_size), hash_size))
     except (av.error.FFmpegError, IndexError, ValueError):
         return None
     return b"".join(codes)
@@ -151,7 +156,7 @@ def signature(sample: Sample, cfg: CurateConfig) -> dict[str, Any]:
     }
     if "near_dup_image" in ops and not exempt:
         if sample.image is not None:  # decode keeps pixels for one-image samples only
-            sig["phash"] = phash_code(sample.image, dd.phash_size).hex()
+            sig["phash"] = code_bytes(phash_code(sample.image, dd.phash_size), dd.phash_size).hex()
         elif len(items) == 1 and items[0].kind == "video":
             frames = video_frame_codes(items[0].data, dd.phash_size, dd.video_frames)
             sig["frames"] = frames.hex() if frames else None
@@ -173,9 +178,15 @@ def signatures_uri(work: str, unit_name: str) -> str:
 
 
 def read_signatures(uri: str, unit_index: int) -> Table:
-    """One unit's signatures as columns; ``node`` = unit index << 32 | position (input order)."""
+    """One unit's signatures (``<unit>.sig.jsonl``) as a table; see ``signature_table``."""
     text = storage.read_text(uri)
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return signature_table(
+        [json.loads(line) for line in text.splitlines() if line.strip()], unit_index
+    )
+
+
+def signature_table(rows: list[dict[str, Any]], unit_index: int) -> Table:
+    """Signatures of one unit, in order, as columns; ``node`` = unit index << 32 | position."""
     n = len(rows)
 
     def ints(name: str) -> np.ndarray:
@@ -614,24 +625,31 @@ def route_partition(route: np.ndarray, parts: int) -> np.ndarray:
     return (mix64(route, salt=0x7061) % np.uint64(parts)).astype(np.int64)
 
 
-def run_local(plan: DedupPlan, units: list, work: str) -> dict:
-    """The dedup phase in this process; writes the drop files and returns the summary."""
-    sigs = concat([read_signatures(signatures_uri(work, u.name), u.index) for u in units])
+def decide(sigs: Table, plan: DedupPlan) -> tuple[Table, Edges, int]:
+    """Steps 2-5 in this process: (drop rows, edges, number of components).
+
+    Route rows are cut into partitions as the Ray engine cuts them and handled one at a time:
+    bounded memory, the same edges.
+    """
     found = []
     for kind in plan.kinds:
         rows = route_rows(sigs, plan, kind)
-        # Partitions as the Ray engine makes them, one at a time: bounded memory, same edges.
         parts = 1 + len(rows["node"]) // PARTITION_ROWS
         part = route_partition(rows["route"], parts)
         found += [kind_edges(kind, take(rows, part == p), plan) for p in range(parts)]
     edges = Edges.merge(found)
     nodes, labels = components(edges.first, edges.second)
     drops = resolve(members_of(sigs, nodes, labels), plan)
+    return drops, edges, int((nodes == labels).sum())  # a component's label is its first node
+
+
+def run_local(plan: DedupPlan, units: list, work: str) -> dict:
+    """The dedup phase of the local engine; writes the drop files and returns the summary."""
+    sigs = concat([read_signatures(signatures_uri(work, u.name), u.index) for u in units])
+    drops, edges, count = decide(sigs, plan)
     unit_of = drops["node"] >> 32
     for unit in units:
         mine = unit_of == unit.index
         if mine.any():
             write_unit_drops(work, unit.name, take(drops, mine))
-    return summary(
-        totals(sigs), totals(drops), Counter(drops["reason"]), edges, int((nodes == labels).sum())
-    )
+    return summary(totals(sigs), totals(drops), Counter(drops["reason"]), edges, count)

@@ -36,6 +36,7 @@ import numpy as np
 from keye_model.data.config import CurateConfig
 from keye_model.data.dedup import (
     KIND_COLUMNS,
+    PARTITION_BYTES_PER_ROW,
     PARTITION_ROWS,
     DedupPlan,
     Edges,
@@ -179,7 +180,12 @@ class RayEngine:
                 _route, fn_args=(plan, kind, parts), batch_format="numpy", compute=tasks
             )
             edges = routed.groupby("part", num_partitions=parts).map_groups(
-                _edges, fn_args=(plan, kind), batch_format="numpy", compute=tasks
+                _edges,
+                fn_args=(plan, kind),
+                batch_format="numpy",
+                compute=tasks,
+                # Tells Ray's scheduler how many of these fit on a node at once.
+                memory=math.ceil(rows / parts) * PARTITION_BYTES_PER_ROW,
             )
             for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
                 found.append(_edges_from_rows(batch))
