@@ -367,6 +367,7 @@ def test_tiny_preset_cli_mixture_and_mlflow(tmp_path):
     assert len(runs) == 1
     run_id = runs.iloc[0]["run_id"]
     assert runs.iloc[0]["metrics.samples_input"] == 300
+    assert runs.iloc[0]["metrics.dedup_capped_buckets"] == manifest["dedup"]["capped_buckets"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "curate")}
     assert {
         "curate/rejection_reasons.png",

@@ -685,6 +685,7 @@ def _log_to_mlflow(tracker: Any, manifest: dict) -> None:
         }
     )
     tracker.log_metrics({f"rejected_{k}": v for k, v in manifest["rejected_by_reason"].items()})
+    tracker.log_metrics({f"dedup_{k}": v for k, v in manifest["dedup"].items()})
     tracker.log_dict(manifest, "curate/manifest.json")
     for name, figure in stats_figures(manifest).items():
         tracker.log_figure(figure, f"curate/{name}.png")

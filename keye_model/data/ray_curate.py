@@ -54,7 +54,7 @@ from keye_model.data.dedup import (
     totals,
     write_unit_drops,
 )
-from keye_model.data.neardup import components, mix64
+from keye_model.data.neardup import components
 from keye_model.data.readers import WorkUnit
 from keye_model.log import get_logger
 
@@ -174,8 +174,8 @@ class RayEngine:
         for kind in plan.kinds:
             if not everything["kinds"].get(kind):
                 continue  # no signature of this kind (often: videos): skip its shuffle
-            rows = everything["kinds"][kind] * plan.rows_per_signature(kind)
-            parts = max(self.parts, math.ceil(rows / PARTITION_ROWS))
+            route_count = everything["kinds"][kind] * plan.rows_per_signature(kind)
+            parts = max(self.parts, math.ceil(route_count / PARTITION_ROWS))
             routed = sigs.map_batches(
                 _route, fn_args=(plan, kind, parts), batch_format="numpy", compute=tasks
             )
@@ -185,7 +185,7 @@ class RayEngine:
                 batch_format="numpy",
                 compute=tasks,
                 # Tells Ray's scheduler how many of these fit on a node at once.
-                memory=math.ceil(rows / parts) * PARTITION_BYTES_PER_ROW,
+                memory=math.ceil(route_count / parts) * PARTITION_BYTES_PER_ROW,
             )
             for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
                 found.append(_edges_from_rows(batch))
@@ -289,7 +289,7 @@ def _members(batch: dict, graph, parts: int) -> dict:
     if not table:
         table = take(batch, np.zeros(len(batch["node"]), dtype=bool))
         table["comp"] = np.zeros(0, dtype=np.int64)
-    table["part"] = (mix64(table["comp"].astype(np.uint64)) % np.uint64(parts)).astype(np.int64)
+    table["part"] = route_partition(table["comp"].astype(np.uint64), parts)
     return table
 
 
