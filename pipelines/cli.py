@@ -170,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         seconds = run.timings.get(stage, float("nan"))
         out.write(f"{stage:<11}{'ok':<8}{seconds:>8.1f}  {headline(get(stage), result)}\n")
     uri = tracking_uri()
-    out.write(f"\nMLflow tracking URI: {uri}\nparent run: {run.parent_run_id}\n")
+    out.write(f"\nMLflow tracking URI: {uri}   parent run: {run.parent_run_id}\n")
     if uri.startswith("sqlite:///"):
         out.write(f"open the UI: mlflow ui --backend-store-uri {uri}\n")
     out.write(f"logs: {run.log_path}\n")

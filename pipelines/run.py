@@ -166,13 +166,12 @@ class _Console:
     def _print(self, event: dict) -> None:
         stage, kind = event["stage"], event["event"]
         if event.get("part"):
-            stage = f"{stage} {event['part']}"
+            return  # a curation scan shard: the log has it; the console shows whole stages
         clock = time.strftime("%H:%M:%S", time.localtime(event["time"]))
         if kind == "start":
             text = f"{clock}  {stage:<16} started"
         elif kind == "end":
-            if not event.get("part"):
-                self.timings[stage] = event["seconds"]
+            self.timings[stage] = event["seconds"]
             text = f"{clock}  {stage:<16} done in {event['seconds']:6.1f} s  {event.get('headline', '')}"
         else:
             self.failed = self.failed or stage

@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "real"
 TEST_DATA = REPO / "tests" / "data"
 
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
 os.environ.setdefault("KEYE_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -30,6 +32,10 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # gettempdir() caches its first answer
     monkeypatch.delenv("KEYE_PARENT_RUN_ID", raising=False)
+    # An in-process training run (a 1-rank gloo group) leaves RANK/MASTER_PORT/... in os.environ
+    # (DeepSpeed writes them too); a stage started as a subprocess must not inherit them.
+    for name in DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
     yield
 
 
