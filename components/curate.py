@@ -19,18 +19,10 @@ def curate(
 
     With ``curate.rayjob.enabled`` the stage runs as a KubeRay RayJob that this step follows.
     """
-    from keye_model.recipe import Recipe
-    from keye_model.stages import run_step
+    from keye_model.data.rayjob import run_curate_step
 
-    if Recipe.from_json(recipe_json).curate.rayjob.enabled:
-        from keye_model.data.rayjob import run_step_on_cluster
-
-        args = (recipe_json, storage_root, run_id, parent_run_id, curated, inputs)
-        result = run_step_on_cluster(*args)
-    else:
-        result = run_step(
-            "curate", recipe_json, storage_root, run_id, parent_run_id, curated, inputs=inputs
-        )
+    args = (recipe_json, storage_root, run_id, parent_run_id, curated, inputs)
+    result = run_curate_step(*args)
     return result.outputs["data"]
 
 

@@ -238,6 +238,19 @@ def _emit_new(current: list[str], seen: list[str], emit: Callable[[str], None]) 
     return current
 
 
+def run_curate_step(
+    recipe_json: str, storage_root: str, run_id: str, parent_run_id: str, artifact, inputs: list
+):
+    """The curate component's body: a KubeRay RayJob when ``curate.rayjob.enabled``, else this pod."""
+    from keye_model.recipe import Recipe
+    from keye_model.stages import run_step
+
+    args = (recipe_json, storage_root, run_id, parent_run_id, artifact)
+    if Recipe.from_json(recipe_json).curate.rayjob.enabled:
+        return run_step_on_cluster(*args, inputs)
+    return run_step("curate", *args, inputs=inputs)
+
+
 def run_step_on_cluster(
     recipe_json: str,
     storage_root: str,
