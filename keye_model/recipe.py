@@ -101,11 +101,11 @@ def _tiny_post_training() -> tuple[TrainConfig, ColdStartConfig, GSPOConfig]:
     )
     sft = sft_stage(TrainConfig())
     sft.categories, sft.long_cot_ratio = {"math_cot": 1.0}, 0.25
-    sft.max_steps, sft.save_every, sft.seq_len, sft.micro_batch_size = 150, 150, 768, 1
+    sft.max_steps, sft.save_every, sft.seq_len, sft.micro_batch_size = 100, 100, 768, 1
     sft.optim = optim
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=12)
     cold = ColdStartConfig(
-        k=4, max_prompts=32, categories=["math_cot"], thinking="no_think", sampling=sampling
+        k=4, max_prompts=48, categories=["math_cot"], thinking="no_think", sampling=sampling
     )
     cold.sft = dataclasses.replace(sft, max_steps=8, save_every=8, categories={})
     cold.sft.optim = dataclasses.replace(optim, lr=1e-3, warmup_steps=1)
