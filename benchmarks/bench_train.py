@@ -31,6 +31,7 @@ from keye_model.processing.processor import KeyeProcessor
 from keye_model.recipe import load_recipe
 from keye_model.stages import run_stage
 from keye_model.train import moe
+from keye_model.train.attention import use_packed_attention
 from keye_model.train.config import TrainConfig
 from keye_model.train.data import ShardIndex, collate, iter_rows
 from keye_model.train.engine import build_engine
@@ -63,6 +64,8 @@ def time_steps(model_dir: str, cfg: TrainConfig, micro_batches: list) -> tuple[f
     torch.manual_seed(0)
     model = KeyeVLMoeForConditionalGeneration.from_pretrained(model_dir).train()
     model.set_experts_implementation(cfg.experts_implementation)
+    if cfg.packing:
+        use_packed_attention(model)  # as the training loop does
     engine = build_engine(model, cfg, max_steps=len(micro_batches))
     monitor = moe.RouterMonitor(model, cfg.moe.seq_aux_loss_weight)
     _step(engine, monitor, micro_batches[:1], cfg, world=1)

@@ -411,3 +411,28 @@ def test_first_fit_packing_fills_rows_and_skips_what_cannot_fit():
     assert [[len(s) for s in row] for row in rows] == [[6, 4], [6, 3]]
     assert all(sum(len(s) for s in row) <= 10 for row in rows)
     assert [[len(s) for s in row] for row in Packer(10, packing=False).add(item(3))] == [[3]]
+
+
+def test_packed_sdpa_equals_the_masked_reference_and_is_used_by_training(processor):
+    """Per-segment attention (the training loop's CPU kernel) gives the masked SDPA's logits."""
+    from keye_model.train.attention import NAME, segments, use_packed_attention
+
+    assert segments(torch.tensor([0, 1, 2, 0, 1, 0, 1, 2, 3])) == [(0, 3), (3, 5), (5, 9)]
+    torch.manual_seed(0)
+    config = KeyeVLMoeConfig.from_preset("tiny")
+    reference = KeyeVLMoeForConditionalGeneration(config).eval()
+    packed_model = KeyeVLMoeForConditionalGeneration(config).eval()
+    packed_model.load_state_dict(reference.state_dict())
+    assert use_packed_attention(packed_model) == NAME
+    samples = _samples(processor)
+    batch = collate([samples, samples[:2]], processor.tokenizer.pad_token_id, length=400)
+    with torch.no_grad():
+        expected = reference(**batch.model_inputs()).logits
+        got = packed_model(**batch.model_inputs()).logits
+    real = batch.segment_ids >= 0
+    torch.testing.assert_close(got[real], expected[real], atol=2e-5, rtol=1e-4)
+    # Generation (a KV cache, one query at a time) falls back to plain SDPA and still works.
+    prompt = torch.tensor([samples[1].input_ids[:20]])
+    out = packed_model.generate(input_ids=prompt, max_new_tokens=3, do_sample=False)
+    ref = reference.generate(input_ids=prompt, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out, ref)

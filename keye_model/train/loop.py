@@ -26,6 +26,7 @@ from keye_model import storage
 from keye_model.log import get_logger
 from keye_model.stage import StageResult, local_output
 from keye_model.train import checkpoint
+from keye_model.train.attention import use_packed_attention
 from keye_model.train.config import TrainConfig
 from keye_model.train.data import IGNORE, Batch, ShardIndex, collate, iter_rows
 from keye_model.train.engine import build_engine, freeze, init_distributed, validate
@@ -117,6 +118,8 @@ def train(run: Run) -> StageResult:
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     model = KeyeVLMoeForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
     model.set_experts_implementation(cfg.experts_implementation)
+    if cfg.packing:
+        use_packed_attention(model)  # per-sample causal SDPA (flash-attn varlen when present)
     processor = KeyeProcessor.from_pretrained(model_dir)
     trainable = freeze(model, cfg.trainable)
     monitor = RouterMonitor(model, cfg.moe.seq_aux_loss_weight)
