@@ -228,7 +228,13 @@ def test_cold_start_stage_keeps_the_band_and_fine_tunes(sft_model):
         assert row["reason"] == ("too_hard" if low else "too_easy")
         assert row["pass_rate"] < 0.25 or row["pass_rate"] > 0.75
     # Every kept response is correct, and the kept set is SFT data the trainer reads.
-    assert all(r["messages"][-1]["content"].endswith(f"\\boxed{{{r['gold']}}}") for r in kept_rows)
+    from keye_model.rl.verifier import Verifier, VerifyItem
+
+    items = [
+        VerifyItem(r["messages"][0]["content"][-1]["text"], r["messages"][-1]["content"], r["gold"])
+        for r in kept_rows
+    ]
+    assert all(v.correct for v in Verifier(VerifierConfig()).verify(items))
     index = ShardIndex(result.outputs["data"], root / "cs-cache")
     assert len(index.refs) == report["responses_kept"] == len(kept_rows)
     assert result.metrics["steps"] == 2

@@ -243,8 +243,8 @@ def build_examples(
             report.kept += 1
             for text in outcome.correct_responses:
                 pruned = prune_reflection(text) if prune else Pruned(text)
-                if not pruned.removed:  # nothing redundant: keep the response byte for byte
-                    pruned = Pruned(text)
+                if not pruned.removed:  # nothing redundant: keep the response, trimmed only
+                    pruned = Pruned(text.strip())
                 pairs.append((outcome.prompt, text, pruned))
     changed = [i for i, (_p, text, pruned) in enumerate(pairs) if pruned.text != text]
     verdicts = verifier.verify(
