@@ -137,6 +137,12 @@ class TrainConfig:
         help="MoE expert kernel (transformers): eager (a loop over experts), grouped_mm (one "
         "grouped GEMM; 2.95x eager on a 102M CPU proxy, 4.8x on an H100) or batched_mm.",
     )
+    attention: str = field(
+        "packed_sdpa",
+        help="LM attention over packed rows without flash-attn: packed_sdpa (causal SDPA per "
+        "sample, sum of len^2) or sdpa (transformers' dense block-diagonal mask, row_len^2). "
+        "Same maths, different rounding; flash-attn varlen is used whenever installed.",
+    )
     optim: OptimConfig = field(default_factory=OptimConfig, help="Optimizer and schedule.")
     moe: MoEConfig = field(default_factory=MoEConfig, help="MoE load balancing.")
     launch: LaunchConfig = field(default_factory=LaunchConfig, help="torchx + DeepSpeed.")

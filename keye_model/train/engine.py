@@ -85,6 +85,8 @@ def validate(cfg: TrainConfig, stage: str) -> None:
             f"{where}experts_implementation must be eager, grouped_mm or batched_mm, "
             f"got {cfg.experts_implementation!r}"
         )
+    if cfg.attention not in ("packed_sdpa", "sdpa"):
+        raise ValueError(f"{where}attention must be packed_sdpa or sdpa, got {cfg.attention!r}")
     if cfg.launch.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"{where}launch.zero_stage must be 0-3, got {cfg.launch.zero_stage}")
     if cfg.moe.bias_update_rate < 0 or cfg.moe.seq_aux_loss_weight < 0:

@@ -118,7 +118,7 @@ def train(run: Run) -> StageResult:
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     model = KeyeVLMoeForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
     model.set_experts_implementation(cfg.experts_implementation)
-    if cfg.packing:
+    if cfg.packing and cfg.attention == "packed_sdpa":
         use_packed_attention(model)  # per-sample causal SDPA (flash-attn varlen when present)
     processor = KeyeProcessor.from_pretrained(model_dir)
     trainable = freeze(model, cfg.trainable)
