@@ -116,3 +116,23 @@ def test_tracking_against_a_real_mlflow_server(tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_local_output_uploads_on_success_and_keeps_failed_payloads_without_a_manifest(s3_server):
+    """The one place that decides local vs S3 for stage payloads (keye_model.stage.local_output)."""
+    import boto3
+
+    from keye_model import storage
+    from keye_model.stage import local_output
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="out")
+    with local_output("s3://out/ok") as folder:
+        (folder / "a.txt").write_text("done")
+    assert storage.read_text("s3://out/ok/a.txt") == "done"
+    assert not folder.exists()  # the scratch copy is gone
+    with pytest.raises(RuntimeError, match="boom"):
+        with local_output("s3://out/failed") as folder:
+            (folder / "rejected.jsonl").write_text("{}\n")
+            raise RuntimeError("boom")
+    assert list(storage.list_files("s3://out/failed")) == ["s3://out/failed/rejected.jsonl"]
+    assert not folder.exists()
