@@ -74,6 +74,33 @@ def test_decode_names_each_corruption(real_images):
     assert decode(rgba) is None and rgba.width == 2392
 
 
+@pytest.mark.parametrize("name", ["img_pair_1.jpg", "sglang_logo.png"])
+def test_decode_keeps_a_reduced_copy_that_hashes_like_full_size(real_images, name):
+    """JPEGs decode at a DCT scale, PNGs are box-reduced: at least decode_side px a side remain,
+    the sample keeps the file's own size, and pHash stays within a few bits of a full decode."""
+    data = real_images[name].read_bytes()
+    full, small = sample(data, ext=name.rsplit(".", 1)[1]), sample(data, ext=name.rsplit(".", 1)[1])
+    assert Decode(FilterConfig(decode_side=0))(full) is None
+    assert Decode(FilterConfig(decode_side=224))(small) is None
+    assert (small.width, small.height) == (full.width, full.height) == full.image.size
+    assert 224 <= min(small.image.size) < min(full.image.size) // 2
+    distance = bin(phash_code(full.image, 16) ^ phash_code(small.image, 16)).count("1")
+    assert distance <= 8, distance  # the near-duplicate radius is 18 of 256 bits
+
+
+def test_decode_side_below_what_the_operators_need_is_refused():
+    cfg = CurateConfig(filters=FilterConfig(decode_side=48))
+    with pytest.raises(ValueError, match=r"curate\.filters\.decode_side: 48 .* 64 px"):
+        cfg.validate()
+    clip = dataclasses.replace(
+        CurateConfig(filters=FilterConfig(decode_side=128, clip_model="m")),
+        operators=[*CurateConfig().operators, "clip_score"],
+    )
+    with pytest.raises(ValueError, match=r"decode_side: 128 .* 224 px"):
+        clip.validate()
+    CurateConfig(filters=FilterConfig(decode_side=0)).validate()  # full size is always enough
+
+
 def test_interleaved_sample_is_checked_image_by_image(real_images):
     cfg = FilterConfig()
     decode, size = Decode(cfg), ImageSize(cfg)

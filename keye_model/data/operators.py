@@ -31,6 +31,7 @@ class Rejection:
 
 
 Operator = Callable[[Sample], "Rejection | None"]
+REDUCIBLE_MODES = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"}
 
 
 class Decode:
@@ -39,7 +40,9 @@ class Decode:
     A sample with several items (an interleaved document) is checked item by item, and the first
     bad one rejects it with a detail naming its position. Only a one-image sample keeps its
     decoded pixels in ``sample.image`` (for perceptual hashing and image-text scoring): a
-    document's first picture says little about the document.
+    document's first picture says little about the document. Those pixels are a working copy
+    of at least ``decode_side`` px a side (JPEGs decode straight to it in the DCT domain); the
+    sample's width and height are the file's own.
     """
 
     name = "decode"
@@ -48,6 +51,7 @@ class Decode:
         from PIL import Image, ImageFile
 
         self.max_pixels = cfg.max_image_pixels
+        self.side = cfg.decode_side
         # Deliberate process-wide settings: PIL warns above MAX_IMAGE_PIXELS and raises above
         # twice it (we turn the warning into an error and check the header ourselves first);
         # truncated files must fail, whatever another library may have switched on.
@@ -91,7 +95,10 @@ class Decode:
                     return Rejection(
                         "decompression_bomb", f"{width}x{height} exceeds {self.max_pixels} pixels"
                     )
+                if self.side and image.format == "JPEG":
+                    image.draft(image.mode, (self.side, self.side))  # DCT-domain downscale
                 image.load()
+                image = reduced(image, self.side)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             return Rejection("decompression_bomb", str(err)[:200])
         except UnidentifiedImageError:
@@ -114,6 +121,17 @@ class Decode:
                 return None, frame.width, frame.height, seconds
         except (av.error.FFmpegError, IndexError, StopIteration, ValueError) as err:
             return Rejection("corrupt_video", str(err)[:200])
+
+
+def reduced(image: Any, side: int) -> Any:
+    """``image`` box-reduced by the largest integer factor that keeps both sides >= ``side``.
+
+    Palette and 1-bit/16-bit images (which PIL cannot box-reduce) stay as they are.
+    """
+    factor = min(image.size) // side if side else 0
+    if factor < 2 or image.mode not in REDUCIBLE_MODES:
+        return image
+    return image.reduce(factor)
 
 
 class ImageSize:
