@@ -158,16 +158,21 @@ def test_ray_and_local_engines_write_identical_output(tmp_path, ray_address):
     inputs = cluster_inputs(tmp_path / "raw") + inputs  # copies before their originals
     cfg = corpus_config()
     curate(cfg, inputs, str(tmp_path / "local"))
-    for workers in (2, 1):
+    # Shuffled dedup (ray_shuffle_min 0) with 2 and 1 workers, and the one-task dedup that
+    # the default picks for a corpus this small.
+    runs = {"ray2": (2, 0), "ray1": (1, 0), "ray2-one-task": (2, CurateConfig().ray_shuffle_min)}
+    for name, (workers, shuffle_min) in runs.items():
         result = curate(
-            dataclasses.replace(cfg, engine="ray", num_workers=workers),
+            dataclasses.replace(
+                cfg, engine="ray", num_workers=workers, ray_shuffle_min=shuffle_min
+            ),
             inputs,
-            str(tmp_path / f"ray{workers}"),
+            str(tmp_path / name),
         )
     local = outputs(tmp_path / "local")
     assert any(name.startswith("shards/") for name in local)
-    assert outputs(tmp_path / "ray2") == local  # shards, rejected logs and manifest, bytewise
-    assert outputs(tmp_path / "ray1") == local
+    for name in runs:  # shards, rejected logs and manifest, bytewise
+        assert outputs(tmp_path / name) == local, name
     assert result.metrics["kept_samples"] == json.loads(local["manifest.json"])["counts"]["kept"]
 
     # The messy corpus: every expectation holds, duplicates of photos included.
@@ -391,3 +396,19 @@ def test_killed_ray_run_resumes_without_redoing_finished_units(tmp_path, ray_add
 
     curate(cfg, [], str(tmp_path / "reference"))  # uninterrupted, local engine
     assert outputs(out) == outputs(tmp_path / "reference")
+
+
+def test_a_failing_ray_task_raises_its_own_error_naming_the_unit(tmp_path, ray_address):
+    """A scan task that fails surfaces in the driver as the worker's exception, not a Ray wrapper
+    the user has to dig through, and no later phase runs."""
+
+    def stop_in_second_unit(event: str, unit: str) -> None:  # runs in the Ray worker
+        if event == "scan_sample" and unit == "00001":
+            raise ValueError(f"operator crashed in unit {unit}")
+
+    cfg = dataclasses.replace(load_recipe("tiny").curate, engine="ray", num_workers=2)
+    cfg = dataclasses.replace(cfg, num_synthetic=48, shard_size=12, synthetic_max_side=160)
+    with pytest.raises(ValueError, match="operator crashed in unit 00001"):
+        curate(cfg, [], str(tmp_path / "out"), on_event=stop_in_second_unit)
+    assert not (tmp_path / "out" / "work" / "dedup.done").exists()
+    assert not (tmp_path / "out" / "manifest.json").exists()

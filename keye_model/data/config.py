@@ -251,6 +251,12 @@ class CurateConfig:
         "dashboard); 'auto' joins the Ray cluster this process runs in (a RayJob's entrypoint); "
         "else a cluster address such as ray://head:10001.",
     )
+    ray_shuffle_min: int = field(
+        1 << 16,
+        help="engine=ray: below this many signatures the dedup runs as one Ray task instead of "
+        "shuffles (each shuffle costs ~0.2 s of task overhead; a few thousand rows take less to "
+        "dedup in one place). The decisions are the same either way; 0 always shuffles.",
+    )
     operators: list[str] = field(
         default_factory=lambda: [*FILTER_OPERATORS[:4], *DEDUP_OPERATORS],
         help=f"Operators in order; filters {list(FILTER_OPERATORS)} run per sample, dedup "
@@ -339,6 +345,8 @@ class CurateConfig:
             raise ValueError(
                 "curate.rayjob.enabled: a RayJob runs engine=ray; set curate.engine=ray"
             )
+        if self.ray_shuffle_min < 0:
+            raise ValueError(f"curate.ray_shuffle_min: must be >= 0, got {self.ray_shuffle_min}")
         if self.num_workers < 0:
             raise ValueError(f"curate.num_workers: must be >= 0, got {self.num_workers}")
         if self.mixture.max_repeat < 1.0:

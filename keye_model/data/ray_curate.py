@@ -3,9 +3,9 @@
 It calls the same functions as the local engine, only distributed, so both engines take the same
 decisions and write byte-identical output whatever the number of workers:
 
-- scan and write: one row per work unit, mapped by ``num_workers`` concurrent tasks into the
-  same ``scan_unit`` / ``write_unit`` (a worker process builds the operators once and keeps
-  them for its later tasks);
+- scan and write: one Ray task per work unit, ``num_workers`` in flight, running the same
+  ``scan_unit`` / ``write_unit`` (a worker process builds the operators once and keeps them for
+  its later tasks);
 - dedup (``keye_model.data.dedup``): signatures read per unit; per kind, route rows are grouped
   by a partition of their route (a route group is never split) and ``kind_edges`` verifies the
   candidates of each partition; the driver forms connected components from the edges; members
@@ -22,14 +22,12 @@ route rows and samples stay on the workers.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 
@@ -48,6 +46,7 @@ from keye_model.data.dedup import (
     resolve,
     route_partition,
     route_rows,
+    run_local,
     signatures_uri,
     summary,
     take,
@@ -56,13 +55,16 @@ from keye_model.data.dedup import (
 )
 from keye_model.data.neardup import components
 from keye_model.data.readers import WorkUnit
-from keye_model.log import get_logger
+from keye_model.log import get_logger, progress
 
 log = get_logger("curate")
-# Partitions per worker of each shuffle: enough to balance uneven route groups, few enough that
-# per-task overhead stays small; more when a partition would pass dedup.PARTITION_ROWS. The
-# result does not depend on either.
+# Shuffle partitions (``RayEngine.partitions``): one per worker while the input is small (every
+# extra partition is a few more tasks; measured here, 4 per worker tripled a 1,200-sample dedup's
+# time to 3 s), up to PARTITIONS_PER_WORKER per worker once each holds BALANCE_ROWS, to balance
+# uneven route groups; more when a partition would pass dedup.PARTITION_ROWS. The result does
+# not depend on any of them.
 PARTITIONS_PER_WORKER = 4
+BALANCE_ROWS = 1 << 16
 
 
 @contextlib.contextmanager
@@ -108,29 +110,49 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, cpus: int, num_workers: int):
+    def __init__(self, cpus: int, num_workers: int, shuffle_min: int = 0):
         self.workers = max(1, num_workers or cpus)
-        self.parts = PARTITIONS_PER_WORKER * self.workers
+        self.shuffle_min = shuffle_min
+
+    def partitions(self, rows: int) -> int:
+        """Partitions of a shuffle of ``rows`` rows (see BALANCE_ROWS)."""
+        balanced = min(PARTITIONS_PER_WORKER, max(1, math.ceil(rows / BALANCE_ROWS)))
+        return max(balanced * self.workers, math.ceil(rows / PARTITION_ROWS))
 
     def _tasks(self):
         from ray.data import TaskPoolStrategy
 
         return TaskPoolStrategy(size=self.workers)
 
-    def _map_units(self, fn: Callable, units: list[WorkUnit], args: tuple) -> None:
-        """Run ``fn(row, *args)`` for every unit, ``num_workers`` tasks at a time.
+    def _map_units(self, fn: Callable, units: list[WorkUnit], args: tuple, desc: str) -> None:
+        """Run ``fn(unit, *args)`` for every unit as Ray tasks, at most ``num_workers`` at once.
 
-        Tasks rather than an actor pool: Ray keeps a job's worker processes, so the operators
-        a scan task builds (``curate._scanner``'s per-process cache) serve the next tasks there,
-        and no phase waits for fresh actors to start (~2-4 s each here).
+        Plain tasks, not a Ray Data ``map``: a unit is already a whole task's work and needs no
+        shuffle, and Ray Data's streaming executor spent ~0.3 driver CPU seconds per second of
+        scan here. Ray keeps a job's worker processes, so the operators a scan task builds
+        (``curate._scanner``'s per-process cache) serve the next tasks there. A failed task
+        raises its own exception here, after the tasks in flight have finished.
         """
-        import ray.data
+        for _ in progress(self._finished(fn, units, args), desc=desc, total=len(units)):
+            pass
 
-        if not units:
-            return
-        rows = [dataclasses.asdict(u) for u in units]
-        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-        dataset.map(fn, fn_args=args, compute=self._tasks(), num_cpus=1).materialize()
+    def _finished(self, fn: Callable, units: list[WorkUnit], args: tuple) -> Iterator[None]:
+        """Submit ``fn(unit, *args)`` tasks, ``num_workers`` in flight; yield as each finishes."""
+        import ray
+
+        task = ray.remote(num_cpus=1, max_retries=0)(fn)
+        arguments = [ray.put(a) for a in args]  # shipped once, not once per unit
+        pending, queue = [], list(units)
+        while queue or pending:
+            while queue and len(pending) < self.workers:
+                pending.append(task.remote(queue.pop(0), *arguments))
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done)
+            except ray.exceptions.RayTaskError as err:
+                ray.wait(pending, num_returns=len(pending))  # let the running units finish
+                raise err.as_instanceof_cause() from None
+            yield
 
     def scan(
         self,
@@ -141,7 +163,7 @@ class RayEngine:
         on_event: Callable | None,
     ) -> None:
         """Phase 1 for ``units`` (``curate.scan_unit`` in Ray tasks)."""
-        self._map_units(_scan, units, (cfg_json, tokenizer_json, work, on_event))
+        self._map_units(_scan, units, (cfg_json, tokenizer_json, work, on_event), "scan")
 
     def write(
         self,
@@ -153,7 +175,7 @@ class RayEngine:
         on_event: Callable | None,
     ) -> None:
         """Phase 4 for ``units`` (``curate.write_unit`` in Ray tasks)."""
-        self._map_units(_write, units, (cfg_json, work, output, factors, on_event))
+        self._map_units(_write, units, (cfg_json, work, output, factors, on_event), "write")
 
     def dedup(self, plan: DedupPlan, units: list[WorkUnit], work: str) -> dict:
         """Phase 2 as a Ray Data job; writes the drop files and returns the summary."""
@@ -165,17 +187,24 @@ class RayEngine:
         if not rows:
             return summary(totals({}), totals({}), Counter(), Edges.empty(), 0)
         sigs = (
-            ray.data.from_items(rows, override_num_blocks=min(len(rows), self.parts))
+            ray.data.from_items(rows, override_num_blocks=min(len(rows), self.partitions(0)))
             .map_batches(_read_units, fn_args=(work,), batch_size=1, compute=tasks)
             .materialize()
         )
         everything = _sum_totals(sigs)
+        count = sum(everything["samples"].values())
+        if count < self.shuffle_min:
+            log.info(
+                "dedup: %d signatures (< ray_shuffle_min %d): one Ray task", count, self.shuffle_min
+            )
+            single = ray.remote(num_cpus=1, max_retries=0)(run_local)
+            return ray.get(single.remote(plan, units, work))
         found = []
         for kind in plan.kinds:
             if not everything["kinds"].get(kind):
                 continue  # no signature of this kind (often: videos): skip its shuffle
             route_count = everything["kinds"][kind] * plan.rows_per_signature(kind)
-            parts = max(self.parts, math.ceil(route_count / PARTITION_ROWS))
+            parts = self.partitions(route_count)
             routed = sigs.map_batches(
                 _route, fn_args=(plan, kind, parts), batch_format="numpy", compute=tasks
             )
@@ -194,16 +223,15 @@ class RayEngine:
         count = int((nodes == labels).sum())  # a component's label is its smallest node
         log.info("dedup: %d edges, %d components", len(edges.first), count)
         graph = ray.put((nodes, labels))
+        parts = self.partitions(len(nodes))
         drops = (
-            sigs.map_batches(
-                _members, fn_args=(graph, self.parts), batch_format="numpy", compute=tasks
-            )
-            .groupby("part", num_partitions=self.parts)
+            sigs.map_batches(_members, fn_args=(graph, parts), batch_format="numpy", compute=tasks)
+            .groupby("part", num_partitions=parts)
             .map_groups(_resolve, fn_args=(plan,), batch_format="numpy", compute=tasks)
             .materialize()
         )
         names = {u.index: u.name for u in units}
-        drops.groupby("unit", num_partitions=self.parts).map_groups(
+        drops.groupby("unit", num_partitions=min(len(units), parts)).map_groups(
             _write_drops, fn_args=(work, names), batch_format="numpy", compute=tasks
         ).materialize()
         dropped = _sum_totals(drops)
@@ -215,26 +243,16 @@ class RayEngine:
 # Ray Data functions (module level: they travel to workers by reference)
 
 
-def _scan(row: dict[str, Any], cfg_json: str, tokenizer_json: str, work: str, on_event) -> dict:
+def _scan(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str, on_event) -> None:
     from keye_model.data.curate import scan_unit
 
-    unit = _unit(row)
     scan_unit(unit, cfg_json, tokenizer_json, work, on_event=on_event)
-    return {"unit": unit.name}
 
 
-def _write(row: dict[str, Any], cfg_json: str, work: str, output: str, factors, on_event) -> dict:
+def _write(unit: WorkUnit, cfg_json: str, work: str, output: str, factors, on_event) -> None:
     from keye_model.data.curate import write_unit
 
-    unit = _unit(row)
     write_unit(unit, cfg_json, work, output, read_unit_drops(work, unit.name), factors, on_event)
-    return {"unit": unit.name}
-
-
-def _unit(row: dict[str, Any]) -> WorkUnit:
-    """A WorkUnit back from a Ray Data row (numpy scalars become plain Python values)."""
-    fields = {f.name: row[f.name] for f in dataclasses.fields(WorkUnit)}
-    return WorkUnit(**{k: v.item() if hasattr(v, "item") else v for k, v in fields.items()})
 
 
 def _read_units(batch: dict[str, np.ndarray], work: str) -> dict[str, np.ndarray]:
