@@ -53,7 +53,7 @@ from typing import Any
 from keye_model import storage
 from keye_model.config_utils import from_dict, to_dict
 from keye_model.data.config import CATEGORIES, CurateConfig
-from keye_model.data.dedup import SIDE_BINS, DedupPlan, run_local, signature
+from keye_model.data.dedup import SIDE_BINS, DedupPlan, run_local, scan_summary, signature
 from keye_model.data.mixture import achieved_shares, repeat_factors, repeats, target_shares
 from keye_model.data.operators import Rejection, build_filters, media_tokens
 from keye_model.data.readers import (
@@ -609,7 +609,7 @@ def build_manifest(
     categories: dict[str, Counter] = defaultdict(Counter)
     shards: list[str] = []
     for unit in units:
-        scan = json.loads(storage.read_text(storage.join(work, "scan", f"{unit.name}.done")))
+        scan = scan_summary(work, unit.name)
         write = json.loads(storage.read_text(storage.join(work, "write", f"{unit.name}.done")))
         reasons.update(scan["reasons"])
         reasons.update(write["reasons"])

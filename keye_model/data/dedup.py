@@ -177,6 +177,11 @@ def signatures_uri(work: str, unit_name: str) -> str:
     return storage.join(work, "scan", f"{unit_name}.sig.jsonl")
 
 
+def scan_summary(work: str, unit_name: str) -> dict[str, Any]:
+    """The counts a finished scan left in ``<unit>.done`` (``passed`` = its signatures)."""
+    return json.loads(storage.read_text(storage.join(work, "scan", f"{unit_name}.done")))
+
+
 def read_signatures(uri: str, unit_index: int) -> Table:
     """One unit's signatures (``<unit>.sig.jsonl``) as a table; see ``signature_table``."""
     text = storage.read_text(uri)

@@ -47,6 +47,7 @@ from keye_model.data.dedup import (
     route_partition,
     route_rows,
     run_local,
+    scan_summary,
     signatures_uri,
     summary,
     take,
@@ -182,23 +183,23 @@ class RayEngine:
         import ray
         import ray.data
 
-        tasks = self._tasks()
         rows = [{"index": u.index, "name": u.name} for u in units]
         if not rows:
             return summary(totals({}), totals({}), Counter(), Edges.empty(), 0)
-        sigs = (
-            ray.data.from_items(rows, override_num_blocks=min(len(rows), self.partitions(0)))
-            .map_batches(_read_units, fn_args=(work,), batch_size=1, compute=tasks)
-            .materialize()
-        )
-        everything = _sum_totals(sigs)
-        count = sum(everything["samples"].values())
+        count = sum(scan_summary(work, u.name)["passed"] for u in units)
         if count < self.shuffle_min:
             log.info(
                 "dedup: %d signatures (< ray_shuffle_min %d): one Ray task", count, self.shuffle_min
             )
             single = ray.remote(num_cpus=1, max_retries=0)(run_local)
             return ray.get(single.remote(plan, units, work))
+        tasks = self._tasks()
+        sigs = (
+            ray.data.from_items(rows, override_num_blocks=min(len(rows), self.partitions(0)))
+            .map_batches(_read_units, fn_args=(work,), batch_size=1, compute=tasks)
+            .materialize()
+        )
+        everything = _sum_totals(sigs)
         found = []
         for kind in plan.kinds:
             if not everything["kinds"].get(kind):
