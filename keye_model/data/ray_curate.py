@@ -186,7 +186,7 @@ class RayEngine:
         rows = [{"index": u.index, "name": u.name} for u in units]
         if not rows:
             return summary(totals({}), totals({}), Counter(), Edges.empty(), 0)
-        count = sum(scan_summary(work, u.name)["passed"] for u in units)
+        count = sum(scan_summary(work, u.name)["passed"] for u in units) if self.shuffle_min else 0
         if count < self.shuffle_min:
             log.info(
                 "dedup: %d signatures (< ray_shuffle_min %d): one Ray task", count, self.shuffle_min

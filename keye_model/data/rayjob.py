@@ -143,18 +143,18 @@ def rayjob_object(
 
 def validate_rayjob(obj: dict, crd: str | Path = RAYJOB_CRD) -> list[str]:
     """Errors of a RayJob against the CRD's strict openAPIV3Schema (empty list = valid)."""
-    from keye_model.serve.validate import _crd_schemas_from_file, _name_errors, _schema_errors
+    from keye_model.serve.validate import crd_schemas_from_file, name_errors, schema_errors
 
     where = f"RayJob/{(obj.get('metadata') or {}).get('name', '?')}"
-    errors = _name_errors(obj, where)
+    errors = name_errors(obj, where)
     name = (obj.get("metadata") or {}).get("name", "")
     if len(name) > MAX_NAME:
         errors.append(f"{where}: metadata.name is longer than KubeRay's {MAX_NAME} characters")
-    schemas = _crd_schemas_from_file(str(crd))
+    schemas = crd_schemas_from_file(str(crd))
     api = obj.get("apiVersion", "?")
     if api not in schemas:
         return errors + [f"{where}: apiVersion {api} is not served by the CRD ({sorted(schemas)})"]
-    return errors + _schema_errors(schemas[api], obj, where)
+    return errors + schema_errors(schemas[api], obj, where)
 
 
 def _log_lines(core, namespace: str, name: str) -> list[str]:

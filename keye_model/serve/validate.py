@@ -139,7 +139,8 @@ def crd_schemas(crd: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @functools.lru_cache(maxsize=4)
-def _crd_schemas_from_file(path: str) -> dict[str, dict[str, Any]]:
+def crd_schemas_from_file(path: str) -> dict[str, dict[str, Any]]:
+    """``crd_schemas`` of the first CustomResourceDefinition in a YAML file (cached by path)."""
     docs = load_documents(Path(path).read_text())
     crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
     if not crds:
@@ -147,7 +148,8 @@ def _crd_schemas_from_file(path: str) -> dict[str, dict[str, Any]]:
     return crd_schemas(crds[0])
 
 
-def _schema_errors(schema: dict[str, Any], obj: dict[str, Any], where: str) -> list[str]:
+def schema_errors(schema: dict[str, Any], obj: dict[str, Any], where: str) -> list[str]:
+    """Every violation of ``schema`` by ``obj``, each as ``<where>: <field.path>: <message>``."""
     import jsonschema
 
     validator = jsonschema.Draft7Validator(schema)
@@ -158,7 +160,8 @@ def _schema_errors(schema: dict[str, Any], obj: dict[str, Any], where: str) -> l
     ]
 
 
-def _name_errors(obj: dict[str, Any], where: str) -> list[str]:
+def name_errors(obj: dict[str, Any], where: str) -> list[str]:
+    """A missing or non-DNS ``metadata.name`` (a label for kinds whose name becomes a host)."""
     name = (obj.get("metadata") or {}).get("name", "")
     if not name:
         return [f"{where}: metadata.name is missing"]
@@ -178,7 +181,7 @@ def validate_object(
 
     kind, api = obj.get("kind", "?"), obj.get("apiVersion", "?")
     where = f"{kind}/{(obj.get('metadata') or {}).get('name', '?')}"
-    errors = _name_errors(obj, where)
+    errors = name_errors(obj, where)
     if api.startswith(f"{LWS_API}/"):
         if lws_schemas is None:
             return errors + [
@@ -188,9 +191,9 @@ def validate_object(
             return errors + [
                 f"{where}: apiVersion {api} is not served by the CRD ({sorted(lws_schemas)})"
             ]
-        return errors + _schema_errors(lws_schemas[api], obj, where)
+        return errors + schema_errors(lws_schemas[api], obj, where)
     if api.startswith("monitoring.coreos.com/"):
-        return errors + _schema_errors(SERVICE_MONITOR_SCHEMA, obj, where)
+        return errors + schema_errors(SERVICE_MONITOR_SCHEMA, obj, where)
     try:
         kubernetes_validate.validate(obj, k8s_version, strict=True)
     except kubernetes_validate.ValidationError as err:
@@ -217,7 +220,7 @@ def validate_manifests(
         path = Path(lws_crd) if lws_crd else default_lws_crd()
         if lws_crd and not Path(lws_crd).is_file():
             raise FileNotFoundError(f"serve.lws_crd: {lws_crd} does not exist")
-        schemas = _crd_schemas_from_file(str(path)) if path else None
+        schemas = crd_schemas_from_file(str(path)) if path else None
     errors: list[str] = []
     for obj in docs:
         errors += validate_object(obj, k8s_version, schemas)
