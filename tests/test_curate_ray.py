@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import os
 import random
@@ -158,17 +159,18 @@ def test_ray_and_local_engines_write_identical_output(tmp_path, ray_address):
     inputs = cluster_inputs(tmp_path / "raw") + inputs  # copies before their originals
     cfg = corpus_config()
     curate(cfg, inputs, str(tmp_path / "local"))
-    # Shuffled dedup (ray_shuffle_min 0) with 2 and 1 workers, and the one-task dedup that
-    # the default picks for a corpus this small.
-    runs = {"ray2": (2, 0), "ray1": (1, 0), "ray2-one-task": (2, CurateConfig().ray_shuffle_min)}
-    for name, (workers, shuffle_min) in runs.items():
-        result = curate(
-            dataclasses.replace(
-                cfg, engine="ray", num_workers=workers, ray_shuffle_min=shuffle_min
-            ),
-            inputs,
-            str(tmp_path / name),
-        )
+    # Shuffled dedup (ray_shuffle_min 0) with 2 and 1 workers, in shuffle rounds of a few
+    # bands (ray_round_bytes 30 kB: 2-3 rounds per kind here), and the one-task dedup that the
+    # default picks for a corpus this small.
+    runs = {
+        "ray2": {"num_workers": 2, "ray_shuffle_min": 0},
+        "ray1": {"num_workers": 1, "ray_shuffle_min": 0},
+        "ray2-rounds": {"num_workers": 2, "ray_shuffle_min": 0, "ray_round_bytes": 30_000},
+        "ray2-one-task": {"num_workers": 2},
+    }
+    for name, changes in runs.items():
+        run = dataclasses.replace(cfg, engine="ray", **changes)
+        result = curate(run, inputs, str(tmp_path / name))
     local = outputs(tmp_path / "local")
     assert any(name.startswith("shards/") for name in local)
     for name in runs:  # shards, rejected logs and manifest, bytewise
@@ -280,15 +282,18 @@ def brute_force(sigs: dict[str, np.ndarray], plan: DedupPlan) -> dict[str, tuple
     return drops
 
 
-def decide(sigs: dict, plan: DedupPlan, partitions: int, seed: int) -> tuple[dict, Edges]:
-    """The dedup steps with route rows dealt to ``partitions`` groups (as Ray workers get them)."""
+def decide(
+    sigs: dict, plan: DedupPlan, partitions: int, seed: int, rounds: int = 1
+) -> tuple[dict, Edges]:
+    """The dedup steps with route rows in ``rounds`` shuffles, each dealt to ``partitions``
+    groups (as Ray workers get them)."""
     rng = np.random.default_rng(seed)
     found = []
-    for kind in plan.kinds:
-        rows = route_rows(sigs, plan, kind)
+    for kind, r in itertools.product(plan.kinds, range(rounds)):
+        rows = route_rows(sigs, plan, kind, (r, rounds))
         routes = np.unique(rows["route"])
         part_of = dict(zip(routes.tolist(), rng.integers(0, partitions, len(routes)).tolist()))
-        part = np.array([part_of[r] for r in rows["route"].tolist()])
+        part = np.array([part_of[r] for r in rows["route"].tolist()], dtype=np.int64)
         found += [kind_edges(kind, take(rows, part == p), plan) for p in range(partitions)]
     edges = Edges.merge(found)
     nodes, labels = components(edges.first, edges.second)
@@ -310,8 +315,10 @@ def test_dedup_decisions_equal_brute_force_for_any_partitioning():
     assert 150 < len(reference) < 350
     one, edges = decide(sigs, plan, partitions=1, seed=0)
     assert one == reference  # same samples dropped, same reason, same kept sample named
-    for partitions, seed in ((3, 1), (16, 2)):
-        split, split_edges = decide(sigs, plan, partitions, seed)
+    # Rounds: 3 for every kind with that many copies; 40 puts each band part in a round of
+    # its own (capped at the copies a kind has: one for exact, the LSH bands for text).
+    for partitions, seed, rounds in ((3, 1, 1), (16, 2, 1), (3, 4, 3), (2, 5, 40)):
+        split, split_edges = decide(sigs, plan, partitions, seed, rounds)
         assert split == reference
         assert np.array_equal(split_edges.first, edges.first)
         assert np.array_equal(split_edges.second, edges.second)

@@ -257,6 +257,12 @@ class CurateConfig:
         "shuffles (each shuffle costs ~0.2 s of task overhead; a few thousand rows take less to "
         "dedup in one place). The decisions are the same either way; 0 always shuffles.",
     )
+    ray_round_bytes: int = field(
+        0,
+        help="engine=ray: most bytes of route rows one dedup shuffle moves; a kind with more is "
+        "shuffled in rounds of its bands (same decisions, less spilling). 0: half the Ray "
+        "cluster's object store.",
+    )
     operators: list[str] = field(
         default_factory=lambda: [*FILTER_OPERATORS[:4], *DEDUP_OPERATORS],
         help=f"Operators in order; filters {list(FILTER_OPERATORS)} run per sample, dedup "
@@ -345,8 +351,9 @@ class CurateConfig:
             raise ValueError(
                 "curate.rayjob.enabled: a RayJob runs engine=ray; set curate.engine=ray"
             )
-        if self.ray_shuffle_min < 0:
-            raise ValueError(f"curate.ray_shuffle_min: must be >= 0, got {self.ray_shuffle_min}")
+        for name in ("ray_shuffle_min", "ray_round_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"curate.{name}: must be >= 0, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"curate.num_workers: must be >= 0, got {self.num_workers}")
         if self.mixture.max_repeat < 1.0:

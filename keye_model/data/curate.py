@@ -71,7 +71,15 @@ from keye_model.tracking import scratch_dir
 
 STAGE = "curate"
 # Settings that do not change the output; a resumed run may change them freely.
-RUNTIME_FIELDS = ("num_workers", "keep_work", "engine", "ray_address", "ray_shuffle_min", "rayjob")
+RUNTIME_FIELDS = (
+    "num_workers",
+    "keep_work",
+    "engine",
+    "ray_address",
+    "ray_shuffle_min",
+    "ray_round_bytes",
+    "rayjob",
+)
 # on_event(event, unit name) is called with "scan_sample" (each input sample), "scan_done" and
 # "write_done" (each finished unit), in whichever worker did the work: progress reporting, or a
 # test that needs to stop a run at a known point.
@@ -456,7 +464,7 @@ def open_engine(cfg: CurateConfig) -> Iterator[Any]:
     from keye_model.data.ray_curate import RayEngine, ray_runtime
 
     with ray_runtime(cfg) as cpus:
-        yield RayEngine(cpus, cfg.num_workers, cfg.ray_shuffle_min)
+        yield RayEngine(cpus, cfg.num_workers, cfg.ray_shuffle_min, cfg.ray_round_bytes)
 
 
 def _dedup_phase(cfg: CurateConfig, engine: Any, units: list[WorkUnit], work: str) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -334,37 +335,48 @@ def code_matrix(column: np.ndarray) -> np.ndarray:
     return np.frombuffer(b"".join(column), dtype=np.uint8).reshape(len(column), -1)
 
 
-def route_rows(sigs: Table, plan: DedupPlan, kind: str) -> Table:
+def route_rows(sigs: Table, plan: DedupPlan, kind: str, round_: tuple[int, int] = (0, 1)) -> Table:
     """Rows of one kind for the shuffle: route (the group key), slot, rest bits, node, code.
 
     exact: one row per sample, routed by its content hash. text: one row per LSH band, routed
     by the band's values. image: one row per (band, part), routed by the part's bits, carrying
     the rest of the band. video: the image rows of every frame hash.
+
+    ``round_ = (r, rounds)`` keeps only the copies (bands, parts) whose index is ``r`` modulo
+    ``rounds``: every bucket lies in one copy, so the edges of all rounds together are the
+    edges of one pass, and a shuffle too large for memory can run as several smaller ones.
     """
+    r, rounds = round_
+    empty = {
+        "route": np.zeros(0, dtype=np.uint64),
+        "slot": np.zeros(0, dtype=np.int64),
+        "rest": np.zeros(0, dtype=np.uint64),
+        "node": np.zeros(0, dtype=np.int64),
+        "code": np.zeros((0, plan.code_width(kind)), dtype=np.uint8),
+    }
     column = sigs[KIND_COLUMNS[kind]] if sigs else np.zeros(0, dtype=object)
     present = np.array([len(c) > 0 for c in column], dtype=bool)
     if not present.any():
-        return {
-            "route": np.zeros(0, dtype=np.uint64),
-            "slot": np.zeros(0, dtype=np.int64),
-            "rest": np.zeros(0, dtype=np.uint64),
-            "node": np.zeros(0, dtype=np.int64),
-            "code": np.zeros((0, plan.code_width(kind)), dtype=np.uint8),
-        }
+        return empty
     node, code = sigs["node"][present], code_matrix(column[present])
     n = len(node)
     routes, slots, rests = [], [], []
+    copy = itertools.count()
     if kind == "exact":
-        routes.append(hash_columns(code.view("<u8"), _SALT[kind]))
+        if next(copy) % rounds == r:
+            routes.append(hash_columns(code.view("<u8"), _SALT[kind]))
     elif kind == "text":
         values = code.view("<u4")
         for band, (start, end) in enumerate(plan.lsh):
-            routes.append(hash_columns(values[:, start:end], _SALT[kind] + band))
+            if next(copy) % rounds == r:
+                routes.append(hash_columns(values[:, start:end], _SALT[kind] + band))
     else:
         frames = plan.video_frames if kind == "video" else 1
         for frame in range(frames):
             bits = bit_columns(code[:, frame * plan.code_bytes : (frame + 1) * plan.code_bytes])
             for slot, (band, part, rest) in enumerate(plan.slots()):
+                if next(copy) % rounds != r:
+                    continue
                 label = np.array([[frame, band, slot]], dtype=np.uint64)
                 routes.append(
                     mix64(pack_bits(bits[:, part]), int(hash_columns(label, _SALT[kind])[0]))
@@ -372,6 +384,8 @@ def route_rows(sigs: Table, plan: DedupPlan, kind: str) -> Table:
                 slots.append(np.full(n, slot, dtype=np.int64))
                 rests.append(pack_bits(bits[:, rest]))
     copies = len(routes)
+    if not copies:
+        return empty
     return {
         "route": np.concatenate(routes),
         "slot": np.concatenate(slots) if slots else np.zeros(n * copies, dtype=np.int64),

@@ -1,4 +1,4 @@
-"""The Ray engine of the curation stage (``curate.engine=ray``): every phase as a Ray Data job.
+"""The Ray engine of the curation stage (``curate.engine=ray``): Ray tasks and Ray Data jobs.
 
 It calls the same functions as the local engine, only distributed, so both engines take the same
 decisions and write byte-identical output whatever the number of workers:
@@ -6,11 +6,14 @@ decisions and write byte-identical output whatever the number of workers:
 - scan and write: one Ray task per work unit, ``num_workers`` in flight, running the same
   ``scan_unit`` / ``write_unit`` (a worker process builds the operators once and keeps them for
   its later tasks);
-- dedup (``keye_model.data.dedup``): signatures read per unit; per kind, route rows are grouped
-  by a partition of their route (a route group is never split) and ``kind_edges`` verifies the
+- dedup (``keye_model.data.dedup``), a Ray Data job: signatures read per unit; per kind, route
+  rows are grouped by a partition of their route (a route group is never split), in rounds of a
+  few bands when one shuffle would not fit the object store, and ``kind_edges`` verifies the
   candidates of each partition; the driver forms connected components from the edges; members
   are grouped by a partition of their component and ``resolve`` decides per component; drops
-  are grouped by unit and written beside the scan output.
+  are grouped by unit and written beside the scan output. Below ``ray_shuffle_min``
+  signatures the same ``dedup.run_local`` runs as one task instead (shuffles cost more than
+  they spread there).
 
 The driver holds only the duplicate edges (components need them all at once); signatures,
 route rows and samples stay on the workers.
@@ -66,6 +69,8 @@ log = get_logger("curate")
 # not depend on any of them.
 PARTITIONS_PER_WORKER = 4
 BALANCE_ROWS = 1 << 16
+# Bytes of one route row in the shuffle besides its code: route, slot, rest, node and part.
+ROUTE_ROW_BYTES = 40
 
 
 @contextlib.contextmanager
@@ -111,9 +116,24 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, cpus: int, num_workers: int, shuffle_min: int = 0):
+    def __init__(self, cpus: int, num_workers: int, shuffle_min: int = 0, round_bytes: int = 0):
         self.workers = max(1, num_workers or cpus)
         self.shuffle_min = shuffle_min
+        self.round_bytes = round_bytes
+
+    def rounds(self, route_bytes: int, plan: DedupPlan, kind: str) -> int:
+        """Shuffle rounds for one kind's route rows: each round at most ``round_bytes`` (default:
+        half the cluster's object store, so a round does not spill to disk), one copy at least."""
+        import ray
+
+        budget = self.round_bytes or ray.cluster_resources().get("object_store_memory", 0) // 2
+        wanted = math.ceil(route_bytes / budget) if budget else 1
+        rounds = max(1, min(wanted, plan.rows_per_signature(kind)))
+        if rounds > 1:
+            log.info(
+                "dedup %s: %d shuffle rounds of ~%.0f MB", kind, rounds, route_bytes / rounds / 1e6
+            )
+        return rounds
 
     def partitions(self, rows: int) -> int:
         """Partitions of a shuffle of ``rows`` rows (see BALANCE_ROWS)."""
@@ -205,20 +225,24 @@ class RayEngine:
             if not everything["kinds"].get(kind):
                 continue  # no signature of this kind (often: videos): skip its shuffle
             route_count = everything["kinds"][kind] * plan.rows_per_signature(kind)
-            parts = self.partitions(route_count)
-            routed = sigs.map_batches(
-                _route, fn_args=(plan, kind, parts), batch_format="numpy", compute=tasks
+            rounds = self.rounds(
+                route_count * (ROUTE_ROW_BYTES + plan.code_width(kind)), plan, kind
             )
-            edges = routed.groupby("part", num_partitions=parts).map_groups(
-                _edges,
-                fn_args=(plan, kind),
-                batch_format="numpy",
-                compute=tasks,
-                # Tells Ray's scheduler how many of these fit on a node at once.
-                memory=math.ceil(route_count / parts) * PARTITION_BYTES_PER_ROW,
-            )
-            for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
-                found.append(_edges_from_rows(batch))
+            parts = self.partitions(math.ceil(route_count / rounds))
+            for round_ in ((r, rounds) for r in range(rounds)):
+                routed = sigs.map_batches(
+                    _route, fn_args=(plan, kind, parts, round_), batch_format="numpy", compute=tasks
+                )
+                edges = routed.groupby("part", num_partitions=parts).map_groups(
+                    _edges,
+                    fn_args=(plan, kind),
+                    batch_format="numpy",
+                    compute=tasks,
+                    # Tells Ray's scheduler how many of these fit on a node at once.
+                    memory=math.ceil(route_count / rounds / parts) * PARTITION_BYTES_PER_ROW,
+                )
+                for batch in edges.iter_batches(batch_format="numpy", batch_size=None):
+                    found.append(_edges_from_rows(batch))
         edges = Edges.merge(found)
         nodes, labels = components(edges.first, edges.second)
         count = int((nodes == labels).sum())  # a component's label is its smallest node
@@ -266,8 +290,8 @@ def _read_units(batch: dict[str, np.ndarray], work: str) -> dict[str, np.ndarray
     return concat(tables)
 
 
-def _route(batch: dict, plan: DedupPlan, kind: str, parts: int) -> dict:
-    rows = route_rows(batch, plan, kind)
+def _route(batch: dict, plan: DedupPlan, kind: str, parts: int, round_: tuple[int, int]) -> dict:
+    rows = route_rows(batch, plan, kind, round_)
     if not len(rows["node"]):
         # Ray Data cannot turn a zero-row 2-D array into its tensor column (it falls back to
         # pickled objects): a batch without rows of this kind sends one placeholder (node -1).
