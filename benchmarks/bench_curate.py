@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -249,20 +250,23 @@ ENGINE_RUNS = {
 def bench_engines(units: int, per_unit: int, side: int, rounds: int) -> None:
     """Section 4: the whole stage per core, engine=ray against engine=local, same corpus.
 
-    Runs are interleaved over ``rounds`` rounds and each keeps its fastest (the machine is
-    shared: the best of a few is the least disturbed). A first Ray run on two units warms the
-    Ray worker processes (imports, operators), as the first minutes of a long cluster job would;
-    it is not counted. CPU seconds cover the whole process tree: driver, Ray daemons, workers.
+    Every round runs each configuration once, back to back, in an order rotated from round to
+    round (no configuration always follows the same one); a ratio is taken inside a round
+    (its runs met the same load on this shared machine) and the median over rounds is
+    reported, with its range. A first Ray run on two units warms the Ray worker processes
+    (imports, operators), as the first minutes of a long cluster job would; it is not counted.
+    CPU seconds cover the whole process tree: driver, Ray daemons, workers.
     """
     cfg = dataclasses.replace(CurateConfig(), shard_size=per_unit)
-    best: dict[str, dict] = {}
-    seconds: dict[str, list[float]] = {name: [] for name in ENGINE_RUNS}
+    runs: dict[str, list[dict]] = {name: [] for name in ENGINE_RUNS}
     with tempfile.TemporaryDirectory() as tmp:
         inputs = [u.uri for u in write_units(Path(tmp), units, per_unit, side)]
         warm = dataclasses.replace(cfg, engine="ray", num_workers=2)
         curate(warm, inputs[:2], str(Path(tmp) / "warm-up"))
+        names = list(ENGINE_RUNS)
         for r in range(rounds):
-            for name, (engine, workers, decode_side) in ENGINE_RUNS.items():
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated order
+                engine, workers, decode_side = ENGINE_RUNS[name]
                 run = dataclasses.replace(
                     cfg,
                     engine=engine,
@@ -272,31 +276,28 @@ def bench_engines(units: int, per_unit: int, side: int, rounds: int) -> None:
                 cpu = tree_cpu_seconds()
                 m = dict(curate(run, inputs, str(Path(tmp) / f"out-{name}-{r}")).metrics)
                 m["cpu_s"] = tree_cpu_seconds() - cpu
-                seconds[name].append(m["elapsed_s"])
-                if name not in best or m["elapsed_s"] < best[name]["elapsed_s"]:
-                    best[name] = m
+                m["per_core"] = units * per_unit / (m["elapsed_s"] * workers)
+                runs[name].append(m)
     n = units * per_unit
-    per_core = {
-        name: n / (best[name]["elapsed_s"] * workers)
-        for name, (_, workers, _) in ENGINE_RUNS.items()
-    }
-    for name, m in best.items():
+    print(f"  {n:,} samples, median of {rounds} rounds:")
+    for name, ms in runs.items():
+        m = sorted(ms, key=lambda m: m["elapsed_s"])[len(ms) // 2]
         print(
-            f"  {name:12s} {per_core[name]:6.1f} samples/s per core, {1e3 * m['cpu_s'] / n:5.2f} "
+            f"  {name:12s} {m['per_core']:6.1f} samples/s per core, {1e3 * m['cpu_s'] / n:5.2f} "
             f"CPU ms/sample (scan {m['scan_s']:.1f} s, dedup {m['dedup_s']:.1f} s, "
             f"write {m['write_s']:.1f} s, whole {m['elapsed_s']:.1f} s)"
         )
-    spread = max(max(t) / min(t) for t in seconds.values())
-    print(
-        f"  run-to-run spread of one configuration: up to {spread:.2f}x slowest/fastest over "
-        f"{rounds} rounds (ratios closer to 1.00 than this are within the machine's noise)"
-    )
+
+    def ratio(mine: str, base: str) -> str:
+        """Median and range over rounds of per-core throughput, ``mine`` over ``base``."""
+        values = sorted(a["per_core"] / b["per_core"] for a, b in zip(runs[mine], runs[base]))
+        return f"{statistics.median(values):.2f}x ({values[0]:.2f}-{values[-1]:.2f})"
+
     for workers in (1, 2):
         print(
-            f"  per core, {workers} worker(s): Ray / local "
-            f"{per_core[f'ray{workers}'] / per_core[f'local{workers}']:.2f}x (>= 1.00 wanted); "
-            f"Ray / local with full-size decode (as filed) "
-            f"{per_core[f'ray{workers}'] / per_core['local1-full']:.2f}x (goal >= 1.25)"
+            f"  per core, {workers} worker(s): Ray / local {ratio(f'ray{workers}', f'local{workers}')}"
+            f" (>= 1.00 wanted); Ray / local with full-size decode (as filed) "
+            f"{ratio(f'ray{workers}', 'local1-full')} (goal >= 1.25)"
         )
 
 
@@ -360,7 +361,7 @@ def main() -> None:
             bench_dedup([n for n in sizes if n <= args.max_signatures])
         if "engines" in sections:
             print("== whole stage per core: engine=ray against engine=local (640x480 photos)")
-            units, per_unit, rounds = (4, 25, 1) if args.quick else (16, 100, 3)
+            units, per_unit, rounds = (4, 25, 1) if args.quick else (16, 100, 5)
             bench_engines(units, per_unit, 640, rounds)
     finally:
         ray.shutdown()
