@@ -1,7 +1,8 @@
 """The server rollout against a real ``keye serve local`` (uvicorn in a thread on 127.0.0.1).
 
-Greedy decoding is deterministic, so the server rollout must return what the in-process rollout
-samples from the same checkpoint; after ``refresh`` (SGLang's pause / flush /
+Greedy decoding is deterministic, and sampling is seeded per response with one sampler on both
+sides, so the server rollout must return what the in-process rollout samples from the same
+checkpoint; after ``refresh`` (SGLang's pause / flush /
 update_weights_from_disk / continue) it must return what the new checkpoint samples, never an
 answer of the old weights.
 """
@@ -43,10 +44,10 @@ def models(tmp_path_factory):
     return {"a": root / "a", "b": root / "b"}
 
 
-def _in_process(model_dir):
+def _in_process(model_dir, sampling=GREEDY, n=1, seed=0):
     rollout = InProcessRollout.from_pretrained(model_dir)
     try:
-        return rollout.generate(PROMPTS, GREEDY, n=1)
+        return rollout.generate(PROMPTS, sampling, n=n, seed=seed)
     finally:
         rollout.close()
 
@@ -76,6 +77,14 @@ def test_server_rollout_matches_in_process_and_follows_a_refresh(models):
                     assert sample.logprobs is None  # the trainer recomputes them
                     tail = [] if sample.truncated else [rollout.stop_id]
                     assert sample.response_ids == tokenizer.encode(sample.text) + tail
+
+            # Sampled (GSPO's temperature 1): each response seeded by (seed, prompt, sample),
+            # drawn by the same sampler as in process, so the groups match the in-process ones.
+            sampled = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=8)
+            groups = rollout.generate(PROMPTS, sampled, n=4, seed=5)
+            want = _in_process(models["a"], sampled, n=4, seed=5)
+            assert [[s.text for s in g] for g in groups] == [[s.text for s in g] for g in want]
+            assert all(len({s.text for s in g}) > 1 for g in groups)  # a group, not copies
 
             rollout.refresh(models["b"])
             after = rollout.generate(PROMPTS, GREEDY, n=1)

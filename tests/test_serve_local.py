@@ -1,8 +1,8 @@
 """``keye serve local`` speaks SGLang's API: the model card's client, the ``openai`` client, weight refresh.
 
 One real server process (``keye serve local`` on 127.0.0.1) serves a tiny random Keye model
-written by ``keye init``'s assembler. Greedy decoding makes answers deterministic, so every
-answer is checked against the same model generating in process.
+written by ``keye init``'s assembler. Greedy decoding, and seeded sampling, make answers
+deterministic, so every answer is checked against the same model generating in process.
 """
 
 from __future__ import annotations
@@ -242,6 +242,43 @@ def test_sglang_sampling_fields_honoured(server, models):
     )
 
 
+def test_sampling_is_seeded_per_choice_whatever_the_batch(server, models):
+    sampled = {"temperature": 1.0, "top_p": 0.95, "top_k": 50, "max_tokens": 12}
+    first = _chat(server, n=3, seed=11, **sampled).json()["choices"]
+    again = _chat(server, n=3, seed=11, **sampled).json()["choices"]
+    texts = [c["message"]["content"] for c in first]
+    assert texts == [c["message"]["content"] for c in again]  # seeded: reproducible
+    assert len(set(texts)) > 1  # n draws, not n copies
+    # Choice i is the draw seeded 11 + i: the same as a one-choice request with that seed.
+    alone = _chat(server, seed=12, **sampled).json()["choices"][0]["message"]["content"]
+    assert alone == texts[1]
+    # In process, the same draws whether a row is generated alone or batched with others.
+    generator = LocalGenerator(models["a"])
+    try:
+        params = SamplingParams(12, temperature=1.0, top_p=0.95, top_k=50)
+        encoded = [generator.encode(QUESTION)] * 3
+        batched = generator.generate_encoded(encoded, params, seeds=[13, 11, 12])
+        single = generator.generate_encoded(encoded[:1], params, seeds=[11])
+    finally:
+        generator.close()
+    assert [g.text for g in batched] == [texts[2], texts[0], texts[1]]
+    assert single[0].text == texts[0]
+    # Streaming: each choice's deltas add up to that choice's answer.
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/chat/completions",
+        json={"messages": QUESTION, "n": 3, "seed": 11, "stream": True, **sampled},
+        timeout=120,
+    ) as resp:
+        lines = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    streamed = ["", "", ""]
+    for chunk in map(json.loads, lines[:-1]):
+        for choice in chunk["choices"]:
+            streamed[choice["index"]] += choice["delta"].get("content") or ""
+    assert streamed == texts
+
+
 def test_ignore_eos_and_skip_special_tokens_on_a_model_that_ends_at_once(models):
     # The rigged model's first token is <|im_end|>: the end of a normal answer.
     generator = LocalGenerator(models["eos"])
@@ -261,7 +298,9 @@ def test_ignore_eos_and_skip_special_tokens_on_a_model_that_ends_at_once(models)
 @pytest.mark.parametrize(
     ("fields", "status", "named"),
     [
-        ({"temperature": 0.7}, 400, "temperature"),
+        ({"temperature": -0.5}, 400, "temperature"),
+        ({"temperature": "hot"}, 400, "temperature"),
+        ({"temperature": 0.7, "min_p": 0.1}, 400, "min_p"),
         ({"top_k": 0}, 400, "top_k"),
         ({"n": 0}, 400, "'n'"),
         ({"seed": "x"}, 400, "seed"),

@@ -1,4 +1,4 @@
-"""Greedy generation with a local Keye model directory, from OpenAI-format chat messages.
+"""Generation with a local Keye model directory, from OpenAI-format chat messages.
 
 One code path for both the in-process evaluation backend and ``keye serve local``, so the two
 give the same predictions for the same request:
@@ -13,7 +13,10 @@ give the same predictions for the same request:
   never depend on its neighbours. ``padded`` left-pads any requests into one batch (the model
   keeps the positions of left-padded rows unchanged), which batches far more under concurrency;
   its answers equal unbatched ones up to floating-point ties between top logits;
-- decoding is greedy (``do_sample=False``); per request (``SamplingParams``) it stops at
+- decoding is greedy at temperature 0 (the default). Above it, every row draws from
+  ``softmax(logits / temperature)``, narrowed by ``top_k`` / ``top_p``, with its own
+  ``torch.Generator`` seeded per request (``draw_tokens``, shared with the RL rollout), so a
+  seeded answer does not depend on the requests batched with it. Per request it stops at
   ``<|im_end|>`` (unless ``ignore_eos``), at a ``stop`` string (cut from the text, as OpenAI
   does) or at the token budget, and decodes with or without special tokens
   (``skip_special_tokens``, default on, as SGLang). Stopping is decided row by row after every
@@ -52,23 +55,71 @@ class Generation:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """What one request asks of greedy decoding; requests batch together only with equal ones."""
+    """What one request asks of decoding; requests batch together only with equal ones (the
+    seed is per row, not part of these)."""
 
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()  # cut at the first occurrence; the stop string is not returned
     ignore_eos: bool = False  # keep generating past <|im_end|> up to the budget
     skip_special_tokens: bool = True  # SGLang's default; <think> tags are not special
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
             )
+        if not 0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (off) or a positive integer, got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop must hold non-empty strings, got {list(self.stop)!r}")
 
 
 OnDelta = Callable[[str], None]
+
+
+def draw_tokens(logits_BV, generators: Sequence[Any], temperature: float, top_k: int, top_p: float):
+    """One token per row from ``softmax(logits / temperature)`` narrowed to the ``top_k`` most
+    likely tokens and the ``top_p`` nucleus, row b drawing with ``generators[b]`` (so its draw
+    does not depend on the other rows). The one sampler of the rollout and the local server."""
+    import torch
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    draw_BV = logits_BV / temperature
+    if top_k > 0:
+        draw_BV = TopKLogitsWarper(top_k)(None, draw_BV)
+    if top_p < 1.0:
+        draw_BV = TopPLogitsWarper(top_p)(None, draw_BV)
+    probs_BV = torch.softmax(draw_BV, dim=-1)
+    return torch.stack(
+        [torch.multinomial(probs_BV[b], 1, generator=g)[0] for b, g in enumerate(generators)]
+    )
+
+
+class _Draw:
+    """A ``transformers`` logits processor that samples each row with its own generator and
+    leaves only the drawn token finite, so ``generate``'s greedy step picks it."""
+
+    def __init__(self, params: SamplingParams, seeds: Sequence[int]):
+        import torch
+
+        self.params = params
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        p = self.params
+        tokens_B = draw_tokens(scores.float(), self.generators, p.temperature, p.top_k, p.top_p)
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(tokens_B)), tokens_B] = 0.0
+        return chosen
 
 
 def _remote_url(url: str) -> bool:
@@ -187,7 +238,7 @@ class _Rows:
 
 
 class LocalGenerator:
-    """A model directory loaded on CPU, turning chat requests into greedy completions."""
+    """A model directory loaded on CPU, turning chat requests into completions."""
 
     def __init__(
         self,
@@ -374,9 +425,10 @@ class LocalGenerator:
         params: SamplingParams,
         on_delta: Sequence[OnDelta | None] | None = None,
         abort: Callable[[], bool] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         # Rows are left-padded to the longest prompt (a no-op for equal lengths, the exact
         # mode); vision tensors are concatenated over images/frames, as the processor does.
@@ -392,6 +444,9 @@ class LocalGenerator:
                 ]
             kwargs[key] = torch.cat(parts, dim=0)
         rows = _Rows(self, params, len(encoded), on_delta or [], abort)
+        draw = []
+        if params.temperature > 0:
+            draw = [_Draw(params, seeds if seeds is not None else [0] * len(encoded))]
         with torch.inference_mode():
             # eos_token_id=None: stopping is _Rows' per-row decision (ignore_eos, stop strings),
             # not the checkpoint's generation_config.
@@ -401,6 +456,7 @@ class LocalGenerator:
                 do_sample=False,
                 pad_token_id=pad_id,
                 eos_token_id=None,
+                logits_processor=LogitsProcessorList(draw),
                 stopping_criteria=StoppingCriteriaList([rows]),
             )
         results = []
@@ -422,21 +478,30 @@ class LocalGenerator:
         max_batch: int = 8,
         on_delta: Sequence[OnDelta | None] | None = None,
         abort: Callable[[], bool] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
-        """Completions of encoded requests, batched per ``self.batching``; ``abort()`` stops them."""
+        """Completions of encoded requests, batched per ``self.batching``; ``abort()`` stops them.
+
+        ``seeds`` (one per request, default 0) seed the draws when ``params.temperature`` > 0.
+        """
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, enc in enumerate(encoded):
             length = enc["input_ids"].shape[1] if self.batching == "exact" else 0
             # Rows with and without images/videos never share a batch (the vision inputs differ).
             buckets[(length, frozenset(enc))].append(i)
         deltas = list(on_delta) if on_delta else [None] * len(encoded)
+        seeds = list(seeds) if seeds is not None else [0] * len(encoded)
         results: list[Generation | None] = [None] * len(encoded)
         with self.lock:
             for members in buckets.values():
                 for start in range(0, len(members), max_batch):
                     chunk = members[start : start + max_batch]
                     gens = self._run_batch(
-                        [encoded[i] for i in chunk], params, [deltas[i] for i in chunk], abort
+                        [encoded[i] for i in chunk],
+                        params,
+                        [deltas[i] for i in chunk],
+                        abort,
+                        [seeds[i] for i in chunk],
                     )
                     for i, gen in zip(chunk, gens):
                         results[i] = gen

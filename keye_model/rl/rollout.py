@@ -220,22 +220,16 @@ class InProcessRollout:
     def _next_tokens(self, logits_BV, generators, sampling: SamplingConfig):
         """Chosen tokens and their log-probs under ``softmax(logits / T)``."""
         import torch
-        from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+        from keye_model.eval.generation import draw_tokens
 
         if sampling.temperature == 0:
             logp_BV = torch.log_softmax(logits_BV, dim=-1)
             tokens_B = logp_BV.argmax(-1)
             return tokens_B, logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
-        scaled_BV = logits_BV / sampling.temperature
-        logp_BV = torch.log_softmax(scaled_BV, dim=-1)
-        draw_BV = scaled_BV
-        if sampling.top_k > 0:
-            draw_BV = TopKLogitsWarper(sampling.top_k)(None, draw_BV)
-        if sampling.top_p < 1.0:
-            draw_BV = TopPLogitsWarper(sampling.top_p)(None, draw_BV)
-        probs_BV = torch.softmax(draw_BV, dim=-1)
-        tokens_B = torch.stack(
-            [torch.multinomial(probs_BV[b], 1, generator=g)[0] for b, g in enumerate(generators)]
+        logp_BV = torch.log_softmax(logits_BV / sampling.temperature, dim=-1)
+        tokens_B = draw_tokens(
+            logits_BV, generators, sampling.temperature, sampling.top_k, sampling.top_p
         )
         return tokens_B, logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
 

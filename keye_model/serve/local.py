@@ -6,10 +6,11 @@ a client moves between this server and the cluster's SGLang unchanged:
 - ``POST /v1/chat/completions``: ``image_url`` / ``video_url`` parts as base64 data or
   ``file://`` URLs (remote ``http(s)`` URLs are refused: nothing is downloaded); ``model``
   empty, absent or the served name; ``stream: true`` answers as server-sent events in the
-  OpenAI chunk format (``stream_options.include_usage`` adds the usage chunk). Decoding is
-  greedy, so ``temperature`` must be 0 and ``top_k``, ``top_p``, ``min_p`` and ``seed`` change
-  nothing (accepted when valid, as SGLang does at temperature 0); ``n`` > 1 returns ``n`` copies
-  of the one greedy answer; ``stop``, ``ignore_eos``, ``skip_special_tokens`` (default true) and
+  OpenAI chunk format (``stream_options.include_usage`` adds the usage chunk). ``temperature``
+  0 (the default) is greedy, and ``n`` > 1 then returns ``n`` copies of the one answer; above
+  0 each of the ``n`` choices is drawn with ``top_k`` / ``top_p`` from its own generator, seeded
+  ``seed + i`` (a random ``seed`` when none is given), so a seeded request is answered the same
+  whatever it is batched with (``min_p`` is accepted at 0 only when sampling); ``stop``, ``ignore_eos``, ``skip_special_tokens`` (default true) and
   ``max_tokens`` / ``max_completion_tokens`` are honoured. Fields that would change the answer
   but are not implemented (``logprobs``, penalties, ``tools``, ``response_format``) are refused
   with a message naming the field; other unknown fields are ignored, as SGLang does.
@@ -45,6 +46,8 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
+import random
 import threading
 import time
 import uuid
@@ -65,7 +68,7 @@ from keye_model.log import get_logger
 log = get_logger("serve")
 
 HEALTH_CHECK_TIMEOUT_S = 20.0  # SGLang's default SGLANG_HEALTH_CHECK_TIMEOUT
-MAX_N = 128  # n copies of one greedy answer; a cap keeps a typo from building a huge response
+MAX_N = 128  # choices per request; a cap keeps a typo from building a huge response
 
 
 class Aborted(RuntimeError):
@@ -80,6 +83,7 @@ class _Job:
     # Streaming: called from the worker thread with ("start", None) once the request is
     # encoded, then ("delta", text) as text forms. The future carries the end either way.
     emit: Callable[[str, Any], None] | None = None
+    seed: int = 0  # seeds the draws when params.temperature > 0
 
 
 class BatchingWorker:
@@ -100,10 +104,14 @@ class BatchingWorker:
         self.thread.start()
 
     def submit(
-        self, messages: list, params: SamplingParams, emit: Callable[[str, Any], None] | None = None
+        self,
+        messages: list,
+        params: SamplingParams,
+        emit: Callable[[str, Any], None] | None = None,
+        seed: int = 0,
     ) -> Future:
-        """Queue one request; the future resolves to a ``Generation`` (or raises)."""
-        job = _Job(messages, params, emit=emit)
+        """Queue one answer; the future resolves to a ``Generation`` (or raises)."""
+        job = _Job(messages, params, emit=emit, seed=seed)
         with self.cond:
             self.pending.append(job)
             self.cond.notify_all()
@@ -223,7 +231,12 @@ class BatchingWorker:
         ]
         try:
             gens = self.generator.generate_encoded(
-                encoded, params, self.max_batch, on_delta=deltas, abort=self._aborted
+                encoded,
+                params,
+                self.max_batch,
+                on_delta=deltas,
+                abort=self._aborted,
+                seeds=[job.seed for job in ready],
             )
         except Exception as err:
             for job in ready:
@@ -246,6 +259,10 @@ class BatchingWorker:
 
 def _bad(field_name: str, message: str) -> HTTPException:
     return HTTPException(400, f"field {field_name!r}: {message}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:
@@ -278,6 +295,19 @@ class ChatRequest:
     n: int = 1
     stream: bool = False
     include_usage: bool = False
+    seed: int | None = None
+
+    def answer_seeds(self) -> list[int]:
+        """One seed per distinct answer: one answer copied ``n`` times when greedy, else ``n``
+        draws seeded ``seed + i``."""
+        if self.params.temperature == 0:
+            return [0]
+        base = self.seed if self.seed is not None else random.randrange(2**31)
+        return [base + i for i in range(self.n)]
+
+    def answer_of(self, choice: int) -> int:
+        """Which answer choice ``choice`` shows."""
+        return 0 if self.params.temperature == 0 else choice
 
 
 def parse_chat_request(body: Any, model_name: str, default_max_tokens: int) -> ChatRequest:
@@ -292,9 +322,9 @@ def parse_chat_request(body: Any, model_name: str, default_max_tokens: int) -> C
         raise HTTPException(
             404, f"field 'model': unknown model {body.get('model')!r}; serving {model_name!r}"
         )
-    temperature = body.get("temperature")
-    if temperature not in (None, 0, 0.0):
-        raise _bad("temperature", "only greedy decoding (0) is served by keye serve local")
+    temperature = 0.0 if body.get("temperature") is None else body["temperature"]
+    if not _is_number(temperature) or not 0 <= temperature < math.inf:
+        raise _bad("temperature", f"must be a number >= 0 (0 is greedy), got {temperature!r}")
     top_k = body.get("top_k")
     if top_k is not None and (not _is_int(top_k) or not (top_k == -1 or top_k >= 1)):
         raise _bad("top_k", f"must be -1 (off) or a positive integer, got {top_k!r}")
@@ -304,6 +334,8 @@ def parse_chat_request(body: Any, model_name: str, default_max_tokens: int) -> C
     min_p = body.get("min_p")
     if min_p is not None and not (isinstance(min_p, (int, float)) and 0 <= min_p <= 1):
         raise _bad("min_p", f"must be in [0, 1], got {min_p!r}")
+    if min_p and temperature > 0:
+        raise _bad("min_p", "min-p sampling is not implemented by keye serve local (use top_p)")
     if body.get("seed") is not None and not _is_int(body["seed"]):
         raise _bad("seed", f"must be an integer, got {body['seed']!r}")
     n = 1 if body.get("n") is None else body["n"]
@@ -337,10 +369,15 @@ def parse_chat_request(body: Any, model_name: str, default_max_tokens: int) -> C
             stop=stops,
             ignore_eos=flags["ignore_eos"],
             skip_special_tokens=flags["skip_special_tokens"],
+            # Greedy ignores these: normalised so greedy requests still batch together.
+            temperature=float(temperature),
+            top_k=0 if not temperature or top_k in (None, -1) else top_k,
+            top_p=1.0 if not temperature or top_p is None else float(top_p),
         ),
         n=n,
         stream=flags["stream"],
         include_usage=bool(options.get("include_usage")),
+        seed=body.get("seed"),
     )
 
 
@@ -348,11 +385,14 @@ def _sse(data: Any) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def _usage(gen, n: int) -> dict:
+def _usage(choices: list) -> dict:
+    """OpenAI usage of one request from the ``Generation`` behind each of its choices."""
+    completion = sum(gen.completion_tokens for gen in choices)
+    prompt = choices[0].prompt_tokens
     return {
-        "prompt_tokens": gen.prompt_tokens,
-        "completion_tokens": gen.completion_tokens * n,
-        "total_tokens": gen.prompt_tokens + gen.completion_tokens * n,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
 
 
@@ -480,8 +520,9 @@ def build_app(generator, model_name: str, max_new_tokens: int = 256, max_batch: 
         created = int(time.time())
         if req.stream:
             return await _stream(worker, req, model_name, completion_id, created)
+        futures = [worker.submit(req.messages, req.params, seed=s) for s in req.answer_seeds()]
         try:
-            gen = await asyncio.wrap_future(worker.submit(req.messages, req.params))
+            answers = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except (ValueError, FileNotFoundError) as err:
             raise HTTPException(400, str(err)) from err
         except Aborted as err:
@@ -495,12 +536,12 @@ def build_app(generator, model_name: str, max_new_tokens: int = 256, max_batch: 
                 "choices": [
                     {
                         "index": i,
-                        "message": {"role": "assistant", "content": gen.text},
-                        "finish_reason": gen.finish_reason,
+                        "message": {"role": "assistant", "content": answers[req.answer_of(i)].text},
+                        "finish_reason": answers[req.answer_of(i)].finish_reason,
                     }
                     for i in range(req.n)
                 ],
-                "usage": _usage(gen, req.n),
+                "usage": _usage([answers[req.answer_of(i)] for i in range(req.n)]),
             }
         )
 
@@ -540,20 +581,26 @@ async def _stream(
     """Answer ``req`` as server-sent events; a request that fails before generating gets a 4xx."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
+    futures = []
+    for answer, seed in enumerate(req.answer_seeds()):
 
-    def emit(kind: str, value: Any) -> None:  # called from the worker thread
-        loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        def emit(kind: str, value: Any, answer: int = answer) -> None:  # from the worker thread
+            loop.call_soon_threadsafe(events.put_nowait, (answer, kind, value))
 
-    future = worker.submit(req.messages, req.params, emit=emit)
-    future.add_done_callback(lambda f: emit("done", f))
-    kind, value = await events.get()
-    if kind == "done":  # failed before generation started: a plain HTTP error
+        futures.append(worker.submit(req.messages, req.params, emit=emit, seed=seed))
+        futures[-1].add_done_callback(lambda f, emit=emit: emit("done", f))
+    _, kind, value = await events.get()
+    if kind == "done" and value.exception() is not None:  # failed before generating: HTTP error
+        for future in futures:
+            worker.cancel(future)
         err = value.exception()
         if isinstance(err, (ValueError, FileNotFoundError)):
             raise HTTPException(400, str(err))
         if isinstance(err, Aborted):
             raise HTTPException(503, str(err))
         raise HTTPException(500, f"generation failed: {err}")
+    first = (_, kind, value)
+    choices = {a: [i for i in range(req.n) if req.answer_of(i) == a] for a in range(len(futures))}
 
     def chunk(delta: dict, finish_reason: str | None = None, index: int = 0) -> dict:
         return {
@@ -567,26 +614,31 @@ async def _stream(
     async def body():
         for i in range(req.n):
             yield _sse(chunk({"role": "assistant", "content": ""}, index=i))
+        finished: dict[int, Any] = {}
+        answer, kind, value = first
         while True:
-            kind, value = await events.get()
             if kind == "delta":
-                for i in range(req.n):
+                for i in choices[answer]:
                     yield _sse(chunk({"content": value}, index=i))
-                continue
-            err = value.exception()
-            if err is not None:  # the status line is sent: report the error as an event
-                status = 503 if isinstance(err, Aborted) else 500
-                yield _sse(
-                    {"error": {"message": str(err), "type": type(err).__name__, "code": status}}
-                )
-            else:
-                gen = value.result()
-                for i in range(req.n):
+            elif kind == "done":
+                err = value.exception()
+                if err is not None:  # the status line is sent: report the error as an event
+                    status = 503 if isinstance(err, Aborted) else 500
+                    yield _sse(
+                        {"error": {"message": str(err), "type": type(err).__name__, "code": status}}
+                    )
+                    yield b"data: [DONE]\n\n"
+                    return
+                finished[answer] = gen = value.result()
+                for i in choices[answer]:
                     yield _sse(chunk({}, gen.finish_reason, index=i))
-                if req.include_usage:
-                    yield _sse({**chunk({}), "choices": [], "usage": _usage(gen, req.n)})
-            yield b"data: [DONE]\n\n"
-            return
+                if len(finished) == len(futures):
+                    if req.include_usage:
+                        usage = _usage([finished[req.answer_of(i)] for i in range(req.n)])
+                        yield _sse({**chunk({}), "choices": [], "usage": usage})
+                    yield b"data: [DONE]\n\n"
+                    return
+            answer, kind, value = await events.get()
 
     return StreamingResponse(
         body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
