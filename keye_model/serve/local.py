@@ -269,7 +269,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# Fields that would change the answer in ways greedy CPU decoding here does not implement:
+# Fields that would change the answer in ways this CPU server does not implement:
 # accepted only at their no-op value, refused otherwise (naming the field).
 _UNSUPPORTED = {
     "logprobs": (lambda v: v in (None, False), "token log-probabilities are not returned"),
