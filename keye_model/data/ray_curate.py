@@ -169,10 +169,10 @@ class RayEngine:
                 pending.append(task.remote(queue.pop(0), *arguments))
             done, pending = ray.wait(pending, num_returns=1)
             try:
-                ray.get(done)
-            except ray.exceptions.RayTaskError as err:
+                _get(done)
+            except Exception:
                 ray.wait(pending, num_returns=len(pending))  # let the running units finish
-                raise err.as_instanceof_cause() from None
+                raise
             yield
 
     def scan(
@@ -199,7 +199,8 @@ class RayEngine:
         self._map_units(_write, units, (cfg_json, work, output, factors, on_event), "write")
 
     def dedup(self, plan: DedupPlan, units: list[WorkUnit], work: str) -> dict:
-        """Phase 2 as a Ray Data job; writes the drop files and returns the summary."""
+        """Phase 2 as a Ray Data job (one task below ``shuffle_min`` signatures); writes the
+        drop files and returns the summary."""
         import ray
         import ray.data
 
@@ -212,7 +213,7 @@ class RayEngine:
                 "dedup: %d signatures (< ray_shuffle_min %d): one Ray task", count, self.shuffle_min
             )
             single = ray.remote(num_cpus=1, max_retries=0)(run_local)
-            return ray.get(single.remote(plan, units, work))
+            return _get(single.remote(plan, units, work))
         tasks = self._tasks()
         sigs = (
             ray.data.from_items(rows, override_num_blocks=min(len(rows), self.partitions(0)))
@@ -265,7 +266,18 @@ class RayEngine:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ray Data functions (module level: they travel to workers by reference)
+# What runs on the workers (module level: Ray ships these functions by reference)
+
+
+def _get(refs):
+    """``ray.get`` that raises a failed task's own exception (the worker's traceback in its
+    message) rather than Ray's wrapper."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        raise err.as_instanceof_cause() from None
 
 
 def _scan(unit: WorkUnit, cfg_json: str, tokenizer_json: str, work: str, on_event) -> None:

@@ -589,7 +589,8 @@ async def _stream(
 
         futures.append(worker.submit(req.messages, req.params, emit=emit, seed=seed))
         futures[-1].add_done_callback(lambda f, emit=emit: emit("done", f))
-    _, kind, value = await events.get()
+    first = await events.get()  # (answer, "start" | "done", value)
+    _, kind, value = first
     if kind == "done" and value.exception() is not None:  # failed before generating: HTTP error
         for future in futures:
             worker.cancel(future)
@@ -599,7 +600,6 @@ async def _stream(
         if isinstance(err, Aborted):
             raise HTTPException(503, str(err))
         raise HTTPException(500, f"generation failed: {err}")
-    first = (_, kind, value)
     choices = {a: [i for i in range(req.n) if req.answer_of(i) == a] for a in range(len(futures))}
 
     def chunk(delta: dict, finish_reason: str | None = None, index: int = 0) -> dict:
